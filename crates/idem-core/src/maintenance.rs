@@ -1,0 +1,64 @@
+//! Maintenance: the lease reaper (returns the tasks of dead workers to the queue), the expirer
+//! (tasks not started by `expires_at`) and the pruner (idempotency records past their TTL, silent
+//! workers). One pass is `run_once`, which tests call directly.
+//!
+//! Invariant: every step is an idempotent store transaction, so two maintainers running at once (or
+//! one restarted mid-pass) do no harm; the store reaps each expired attempt once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Reaped, Store, StoreError};
+
+/// A worker silent this long is dropped from `GET /api/v1/workers`.
+pub const WORKER_FORGET_AFTER: chrono::Duration = chrono::Duration::minutes(5);
+
+pub struct Maintenance {
+    store: Arc<dyn Store>,
+    every: Duration,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Pass {
+    pub reaped: Vec<Reaped>,
+    pub expired: u64,
+    pub pruned: u64,
+}
+
+impl Maintenance {
+    pub fn new(store: Arc<dyn Store>, every: Duration) -> Self {
+        Self { store, every }
+    }
+
+    pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Pass, StoreError> {
+        let reaped = self.store.reap_leases(now).await?;
+        for r in &reaped {
+            tracing::warn!(task_id = %r.task_id, state = r.state.as_str(), "lease expired; task reaped");
+        }
+        metrics::counter!("idem_leases_reaped_total").increment(reaped.len() as u64);
+        let expired = self.store.expire_tasks(now).await?;
+        metrics::counter!("idem_tasks_expired_total").increment(expired);
+        let pruned = self.store.prune(now, now - WORKER_FORGET_AFTER).await?;
+        Ok(Pass {
+            reaped,
+            expired,
+            pruned,
+        })
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            if let Err(e) = self.run_once(Utc::now()).await {
+                tracing::warn!(error = %e, "maintenance pass failed");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.every) => {}
+            }
+        }
+    }
+}

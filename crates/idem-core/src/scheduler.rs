@@ -1,0 +1,94 @@
+//! The scheduler engine: fires due jobs through [`Store::fire_due`] and sleeps until the earliest
+//! `next_run_at` or until a job changes. It never busy-polls; `max_sleep` only bounds how stale its
+//! view can get when another process changes a job without a wake-up reaching this one.
+//!
+//! Invariant: the engine holds no state between passes, so any number of schedulers may run against
+//! one store and a restart loses nothing: the store's transaction decides each fire once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::job::{FireOutcome, FireRecord};
+use crate::store::{Store, StoreError};
+
+/// How many jobs one `fire_due` call may take; a pass repeats it until fewer come back.
+pub const FIRE_BATCH: u32 = 256;
+
+pub struct Scheduler {
+    store: Arc<dyn Store>,
+    /// The longest sleep between passes when no change is signalled.
+    max_sleep: Duration,
+}
+
+impl Scheduler {
+    pub fn new(store: Arc<dyn Store>, max_sleep: Duration) -> Self {
+        Self { store, max_sleep }
+    }
+
+    /// One pass: fires every job due at `now`.
+    pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Vec<FireRecord>, StoreError> {
+        let mut all = Vec::new();
+        loop {
+            let fires = self.store.fire_due(now, FIRE_BATCH).await?;
+            let jobs: std::collections::HashSet<_> = fires.iter().map(|f| &f.job_id).collect();
+            let full = jobs.len() as u32 >= FIRE_BATCH;
+            all.extend(fires);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Runs passes until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut changes = self.store.wakeups().subscribe_jobs();
+        let mut failures = 0u32;
+        tracing::info!("scheduler started");
+        loop {
+            // Mark the current change as seen *before* querying, so a change committed while we
+            // query wakes the next sleep instead of being missed.
+            changes.borrow_and_update();
+            let deadline = match self.pass().await {
+                Ok(next) => {
+                    failures = 0;
+                    let cap =
+                        Utc::now() + chrono::Duration::from_std(self.max_sleep).unwrap_or_default();
+                    next.map_or(cap, |n| n.min(cap))
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(error = %e, "scheduler pass failed; retrying with backoff");
+                    }
+                    Utc::now() + chrono::Duration::milliseconds(250 * i64::from(failures.min(20)))
+                }
+            };
+            let wait = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        tracing::info!("scheduler stopped");
+    }
+
+    async fn pass(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let now = Utc::now();
+        let fires = self.run_once(now).await?;
+        for f in &fires {
+            metrics::counter!("idem_scheduler_fires_total", "outcome" => f.outcome.as_str())
+                .increment(1);
+            if f.outcome == FireOutcome::Fired {
+                let late = (f.recorded_at - f.scheduled_at)
+                    .num_microseconds()
+                    .unwrap_or(0);
+                metrics::histogram!("idem_scheduler_lateness_seconds").record(late as f64 / 1e6);
+            }
+        }
+        self.store.next_fire_at().await
+    }
+}

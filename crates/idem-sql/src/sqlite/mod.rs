@@ -1,0 +1,393 @@
+//! The SQLite store: idem's embedded default, one file, no servers.
+//!
+//! Invariants: every write runs in `BEGIN IMMEDIATE` on the single writer connection, so writers in
+//! this process queue in order and writers in other processes wait on SQLite's lock (never a deadlock
+//! from a read lock upgraded too late); reads use a separate pool and see the last commit (WAL).
+//! Wake-ups are fired after each commit; other processes sharing the file notice within their idle
+//! bound instead.
+
+mod jobs;
+mod rows;
+mod tasks;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use idem_core::store::{
+    ClaimRequest, JobFilter, Lease, Page, PageRequest, QueueDepth, Reaped, TaskFilter,
+};
+use idem_core::{
+    Claim, Finish, FireRecord, Job, JobId, NewTask, QueueName, Store, StoreError, Submitted, Task,
+    TaskId, Wakeups, WorkerId, WorkerInfo,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+use crate::db_err;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The embedded store over one SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    /// One connection: the queue of this process's write transactions.
+    writer: SqlitePool,
+    /// Readers; WAL lets them run beside the writer.
+    reader: SqlitePool,
+    wakeups: Arc<Wakeups>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` (`sqlite://PATH`, `sqlite::memory:` is not
+    /// supported since readers and the writer need one shared file) and applies the migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let store = Self::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens without migrating (`--no-migrate`).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(db_err)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk when it returns, so a 202 survives power loss, not only kill -9.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(false);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(opts.clone())
+            .await
+            .map_err(db_err)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.read_only(true))
+            .await
+            .map_err(db_err)?;
+        Ok(Self {
+            writer,
+            reader,
+            wakeups: Arc::new(Wakeups::default()),
+        })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR
+            .run(&self.writer)
+            .await
+            .map_err(|e| StoreError::Unavailable(Box::new(e)))
+    }
+
+    async fn write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)
+    }
+}
+
+/// Binds a list of queue names as the one JSON array that `json_each` expands.
+fn queue_list(queues: &[QueueName]) -> String {
+    serde_json::to_string(&queues.iter().map(|q| q.as_str()).collect::<Vec<_>>())
+        .expect("strings serialize")
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn wakeups(&self) -> Arc<Wakeups> {
+        self.wakeups.clone()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn create_job(&self, job: Job, replace: bool) -> Result<Job, StoreError> {
+        let mut tx = self.write().await?;
+        let out = jobs::create(&mut tx, job, replace).await?;
+        tx.commit().await.map_err(db_err)?;
+        self.wakeups.jobs_changed();
+        Ok(out)
+    }
+
+    async fn get_job(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        jobs::get(&self.reader, id).await
+    }
+
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Job>, StoreError> {
+        jobs::list(&self.reader, filter, page).await
+    }
+
+    async fn update_job(&self, job: Job) -> Result<Option<Job>, StoreError> {
+        let mut tx = self.write().await?;
+        let out = jobs::update(&mut tx, job).await?;
+        tx.commit().await.map_err(db_err)?;
+        self.wakeups.jobs_changed();
+        Ok(out)
+    }
+
+    async fn delete_job(&self, id: &JobId) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let out = jobs::delete(&mut tx, id).await?;
+        tx.commit().await.map_err(db_err)?;
+        self.wakeups.jobs_changed();
+        Ok(out)
+    }
+
+    async fn job_runs(&self, id: &JobId, limit: u32) -> Result<Vec<FireRecord>, StoreError> {
+        jobs::runs(&self.reader, id, limit).await
+    }
+
+    async fn fire_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<FireRecord>, StoreError> {
+        let mut tx = self.write().await?;
+        let fires = jobs::fire_due(&mut tx, now, limit).await?;
+        tx.commit().await.map_err(db_err)?;
+        if fires.iter().any(|f| f.task_id.is_some()) {
+            self.wakeups.tasks_ready();
+        }
+        Ok(fires)
+    }
+
+    async fn next_fire_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        jobs::next_fire_at(&self.reader).await
+    }
+
+    async fn submit(
+        &self,
+        batch: Vec<NewTask>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Submitted>, StoreError> {
+        let mut tx = self.write().await?;
+        let mut out = Vec::with_capacity(batch.len());
+        for (index, t) in batch.into_iter().enumerate() {
+            out.push(tasks::submit_one(&mut tx, t, now, index).await?);
+        }
+        tx.commit().await.map_err(db_err)?;
+        if out.iter().any(|s| !s.replayed) {
+            self.wakeups.tasks_ready();
+        }
+        Ok(out)
+    }
+
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        tasks::get(&self.reader, id).await
+    }
+
+    async fn list_tasks(
+        &self,
+        filter: &TaskFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Task>, StoreError> {
+        tasks::list(&self.reader, filter, page).await
+    }
+
+    async fn cancel_task(
+        &self,
+        id: TaskId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Task>, StoreError> {
+        let mut tx = self.write().await?;
+        let out = tasks::cancel(&mut tx, id, now).await?;
+        tx.commit().await.map_err(db_err)?;
+        if let Some((task, was_running)) = &out {
+            if was_running.is_some() {
+                self.wakeups.task_cancelled(task.id);
+            }
+            if task.state.is_final() {
+                self.wakeups.task_finished();
+            }
+        }
+        Ok(out.map(|(t, _)| t))
+    }
+
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Claim>, StoreError> {
+        let mut tx = self.write().await?;
+        let out = tasks::claim(&mut tx, req).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(out)
+    }
+
+    async fn claim_one(
+        &self,
+        id: TaskId,
+        worker: &WorkerId,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<Claim>, StoreError> {
+        let mut tx = self.write().await?;
+        let out = tasks::claim_one(&mut tx, id, worker, now, lease_until).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(out)
+    }
+
+    async fn renew_leases(
+        &self,
+        worker: &WorkerId,
+        leases: &[Lease],
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Lease>, StoreError> {
+        let mut tx = self.write().await?;
+        let out = tasks::renew(&mut tx, worker, leases, lease_until).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(out)
+    }
+
+    async fn finish(
+        &self,
+        lease: Lease,
+        finish: Finish,
+        now: DateTime<Utc>,
+    ) -> Result<Task, StoreError> {
+        let mut tx = self.write().await?;
+        let task = tasks::finish(&mut tx, lease, finish, now).await?;
+        tx.commit().await.map_err(db_err)?;
+        if task.state.is_final() {
+            self.wakeups.task_finished();
+        } else {
+            self.wakeups.tasks_ready();
+        }
+        Ok(task)
+    }
+
+    async fn release(&self, lease: Lease, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        tasks::release(&mut tx, lease, now).await?;
+        tx.commit().await.map_err(db_err)?;
+        self.wakeups.tasks_ready();
+        Ok(())
+    }
+
+    async fn next_ready_at(
+        &self,
+        queues: &[QueueName],
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        tasks::next_ready_at(&self.reader, queues).await
+    }
+
+    async fn reap_leases(&self, now: DateTime<Utc>) -> Result<Vec<Reaped>, StoreError> {
+        let mut tx = self.write().await?;
+        let out = tasks::reap(&mut tx, now).await?;
+        tx.commit().await.map_err(db_err)?;
+        if !out.is_empty() {
+            self.wakeups.tasks_ready();
+            self.wakeups.task_finished();
+        }
+        Ok(out)
+    }
+
+    async fn expire_tasks(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "UPDATE tasks SET state = 'expired', finished_at = ?1
+             WHERE state IN ('scheduled', 'queued') AND expires_at IS NOT NULL AND expires_at <= ?1",
+        )
+        .bind(ms(now))
+        .execute(&self.writer)
+        .await
+        .map_err(db_err)?;
+        if r.rows_affected() > 0 {
+            self.wakeups.task_finished();
+        }
+        Ok(r.rows_affected())
+    }
+
+    async fn prune(
+        &self,
+        now: DateTime<Utc>,
+        workers_before: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.write().await?;
+        let keys = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= ?")
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let workers = sqlx::query("DELETE FROM workers WHERE last_heartbeat_at < ?")
+            .bind(ms(workers_before))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(keys.rows_affected() + workers.rows_affected())
+    }
+
+    async fn worker_heartbeat(&self, info: &WorkerInfo) -> Result<(), StoreError> {
+        let queues = queue_list(&info.queues);
+        sqlx::query(
+            "INSERT INTO workers (id, host, queues, concurrency, running, started_at, last_heartbeat_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET running = excluded.running,
+                 last_heartbeat_at = excluded.last_heartbeat_at",
+        )
+        .bind(&info.id.0)
+        .bind(&info.host)
+        .bind(queues)
+        .bind(i64::from(info.concurrency))
+        .bind(i64::from(info.running))
+        .bind(ms(info.started_at))
+        .bind(ms(info.last_heartbeat_at))
+        .execute(&self.writer)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn remove_worker(&self, id: &WorkerId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM workers WHERE id = ?")
+            .bind(&id.0)
+            .execute(&self.writer)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM workers ORDER BY id")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(rows::worker).collect()
+    }
+
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT queue, state, count(*) FROM tasks
+             WHERE state IN ('scheduled', 'queued', 'running', 'retrying')
+             GROUP BY queue, state",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        rows.into_iter()
+            .map(|(q, s, count)| {
+                Ok(QueueDepth {
+                    queue: q.try_into().map_err(|e| rows::corrupt("queue", e))?,
+                    state: s.parse().map_err(|e| rows::corrupt("state", e))?,
+                    count,
+                })
+            })
+            .collect()
+    }
+}

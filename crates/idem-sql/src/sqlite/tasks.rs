@@ -1,0 +1,404 @@
+//! Task SQL for SQLite: submission with idempotency records, claims under leases, fenced finishes,
+//! cancellation and the lease reaper.
+
+use chrono::{DateTime, Utc};
+use idem_core::store::{ClaimRequest, Lease, Page, PageRequest, Reaped, TaskFilter};
+use idem_core::task::Idempotency;
+use idem_core::time::chrono_secs;
+use idem_core::{
+    Claim, Finish, NewTask, QueueName, StoreError, Submitted, Task, TaskId, TaskState, WorkerId,
+};
+use sqlx::{SqliteConnection, SqlitePool};
+
+use super::{ms, queue_list, rows};
+use crate::db_err;
+
+/// Submits one task inside the caller's transaction: a live key with the same fingerprint replays
+/// its task, with another fingerprint refuses the batch; a new or expired key makes a new task.
+pub(super) async fn submit_one(
+    tx: &mut SqliteConnection,
+    t: NewTask,
+    now: DateTime<Utc>,
+    index: usize,
+) -> Result<Submitted, StoreError> {
+    if let Some(idem) = &t.idempotency {
+        if let Some(existing) = live_key(tx, idem, now).await? {
+            let (fingerprint, task_id) = existing;
+            if fingerprint != idem.fingerprint {
+                return Err(StoreError::KeyConflict {
+                    index,
+                    key: idem.key.to_string(),
+                });
+            }
+            if let Some(task) = get(&mut *tx, task_id).await? {
+                return Ok(Submitted {
+                    task,
+                    replayed: true,
+                });
+            }
+        }
+    }
+    let task = insert(tx, &t, now).await?;
+    Ok(Submitted {
+        task,
+        replayed: false,
+    })
+}
+
+/// The live record of a key: its fingerprint and task.
+pub(super) async fn live_key(
+    tx: &mut SqliteConnection,
+    idem: &Idempotency,
+    now: DateTime<Utc>,
+) -> Result<Option<(String, TaskId)>, StoreError> {
+    let row: Option<(String, String)> = sqlx::query_as(
+        "SELECT fingerprint, task_id FROM idempotency_keys WHERE key = ? AND expires_at > ?",
+    )
+    .bind(idem.key.as_str())
+    .bind(ms(now))
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    row.map(|(fp, id)| Ok((fp, id.parse().map_err(|e| rows::corrupt("task_id", e))?)))
+        .transpose()
+}
+
+/// Inserts a task and, when it has one, its idempotency record (replacing an expired record).
+pub(super) async fn insert(
+    tx: &mut SqliteConnection,
+    t: &NewTask,
+    now: DateTime<Utc>,
+) -> Result<Task, StoreError> {
+    let state = if t.run_at > now {
+        TaskState::Scheduled
+    } else {
+        TaskState::Queued
+    };
+    let row = sqlx::query(
+        "INSERT INTO tasks (id, task, args, state, queue, priority, attempts, max_retries,
+             timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)
+         RETURNING *",
+    )
+    .bind(t.id.to_string())
+    .bind(t.task.as_str())
+    .bind(t.args.to_string())
+    .bind(state.as_str())
+    .bind(t.queue.as_str())
+    .bind(i64::from(t.priority))
+    .bind(i64::from(t.max_retries))
+    .bind(t.timeout_seconds)
+    .bind(t.idempotency.as_ref().map(|i| i.key.as_str()))
+    .bind(t.job_id.as_ref().map(|j| j.as_str()))
+    .bind(ms(t.run_at))
+    .bind(ms(t.run_at))
+    .bind(t.expires_at.map(ms))
+    .bind(ms(now))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    if let Some(idem) = &t.idempotency {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (key, fingerprint, task_id, expires_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint,
+                 task_id = excluded.task_id, expires_at = excluded.expires_at",
+        )
+        .bind(idem.key.as_str())
+        .bind(&idem.fingerprint)
+        .bind(t.id.to_string())
+        .bind(ms(now + chrono_secs(idem.ttl_seconds)))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    }
+    rows::task(&row)
+}
+
+pub(super) async fn get<'e, E>(ex: E, id: TaskId) -> Result<Option<Task>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let row = sqlx::query("SELECT * FROM tasks WHERE id = ?")
+        .bind(id.to_string())
+        .fetch_optional(ex)
+        .await
+        .map_err(db_err)?;
+    row.as_ref().map(rows::task).transpose()
+}
+
+/// Newest first; the cursor is the last id of the previous page.
+pub(super) async fn list(
+    pool: &SqlitePool,
+    f: &TaskFilter,
+    page: &PageRequest,
+) -> Result<Page<Task>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT * FROM tasks
+         WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR task = ?2)
+           AND (?3 IS NULL OR job_id = ?3) AND (?4 IS NULL OR id < ?4)
+         ORDER BY id DESC LIMIT ?5",
+    )
+    .bind(f.state.map(|s| s.as_str()))
+    .bind(f.task.as_ref().map(|t| t.as_str()))
+    .bind(f.job_id.as_ref().map(|j| j.as_str()))
+    .bind(page.after.as_deref())
+    .bind(i64::from(page.limit) + 1)
+    .fetch_all(pool)
+    .await
+    .map_err(db_err)?;
+    let mut items = rows.iter().map(rows::task).collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = if items.len() > page.limit as usize {
+        items.truncate(page.limit as usize);
+        items.last().map(|t| t.id.to_string())
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+/// Cancels an unfinished task; returns it and, when it was running, the attempt that was fenced.
+pub(super) async fn cancel(
+    tx: &mut SqliteConnection,
+    id: TaskId,
+    now: DateTime<Utc>,
+) -> Result<Option<(Task, Option<i32>)>, StoreError> {
+    let Some(before) = get(&mut *tx, id).await? else {
+        return Ok(None);
+    };
+    if before.state.is_final() {
+        return Ok(Some((before, None)));
+    }
+    let row = sqlx::query(
+        "UPDATE tasks SET state = 'cancelled', finished_at = ?, lease_owner = NULL,
+             lease_expires_at = NULL
+         WHERE id = ? RETURNING *",
+    )
+    .bind(ms(now))
+    .bind(id.to_string())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let was_running = (before.state == TaskState::Running).then_some(before.attempts);
+    Ok(Some((rows::task(&row)?, was_running)))
+}
+
+/// Makes due scheduled and retrying tasks `queued`.
+async fn promote(tx: &mut SqliteConnection, now: DateTime<Utc>) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE tasks SET state = 'queued' WHERE state IN ('scheduled', 'retrying') AND run_at <= ?",
+    )
+    .bind(ms(now))
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub(super) async fn claim(
+    tx: &mut SqliteConnection,
+    req: &ClaimRequest,
+) -> Result<Vec<Claim>, StoreError> {
+    promote(tx, req.now).await?;
+    let rows = sqlx::query(
+        "UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = ?1,
+             lease_owner = ?2, lease_expires_at = ?3
+         WHERE id IN (
+             SELECT id FROM tasks
+             WHERE state = 'queued' AND queue IN (SELECT value FROM json_each(?4))
+               AND (expires_at IS NULL OR expires_at > ?1)
+             ORDER BY priority DESC, run_at, id
+             LIMIT ?5)
+         RETURNING *",
+    )
+    .bind(ms(req.now))
+    .bind(&req.worker.0)
+    .bind(ms(req.lease_until))
+    .bind(queue_list(&req.queues))
+    .bind(i64::from(req.limit))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let mut claims = rows
+        .iter()
+        .map(|r| {
+            Ok(Claim {
+                task: rows::task(r)?,
+                lease_until: req.lease_until,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    claims.sort_by(|a, b| {
+        b.task
+            .priority
+            .cmp(&a.task.priority)
+            .then(a.task.scheduled_at.cmp(&b.task.scheduled_at))
+    });
+    Ok(claims)
+}
+
+pub(super) async fn claim_one(
+    tx: &mut SqliteConnection,
+    id: TaskId,
+    worker: &WorkerId,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> Result<Option<Claim>, StoreError> {
+    promote(tx, now).await?;
+    let row = sqlx::query(
+        "UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = ?1,
+             lease_owner = ?2, lease_expires_at = ?3
+         WHERE id = ?4 AND state = 'queued' AND (expires_at IS NULL OR expires_at > ?1)
+         RETURNING *",
+    )
+    .bind(ms(now))
+    .bind(&worker.0)
+    .bind(ms(lease_until))
+    .bind(id.to_string())
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    row.map(|r| {
+        Ok(Claim {
+            task: rows::task(&r)?,
+            lease_until,
+        })
+    })
+    .transpose()
+}
+
+pub(super) async fn renew(
+    tx: &mut SqliteConnection,
+    worker: &WorkerId,
+    leases: &[Lease],
+    lease_until: DateTime<Utc>,
+) -> Result<Vec<Lease>, StoreError> {
+    let mut lost = Vec::new();
+    for l in leases {
+        let r = sqlx::query(
+            "UPDATE tasks SET lease_expires_at = ?
+             WHERE id = ? AND attempts = ? AND state = 'running' AND lease_owner = ?",
+        )
+        .bind(ms(lease_until))
+        .bind(l.task_id.to_string())
+        .bind(i64::from(l.attempt))
+        .bind(&worker.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if r.rows_affected() == 0 {
+            lost.push(*l);
+        }
+    }
+    Ok(lost)
+}
+
+/// Records an attempt's outcome, fenced: only the running attempt with this number may finish.
+pub(super) async fn finish(
+    tx: &mut SqliteConnection,
+    lease: Lease,
+    finish: Finish,
+    now: DateTime<Utc>,
+) -> Result<Task, StoreError> {
+    let (state, result, error, run_at, finished_at) = match &finish {
+        Finish::Succeeded(v) => (
+            TaskState::Succeeded,
+            Some(v.to_string()),
+            None,
+            None,
+            Some(now),
+        ),
+        Finish::Retry { at, error } => (TaskState::Retrying, None, Some(error), Some(*at), None),
+        Finish::Failed(error) => (TaskState::Failed, None, Some(error), None, Some(now)),
+    };
+    let row = sqlx::query(
+        "UPDATE tasks SET state = ?, result = ?, error_kind = ?, error_message = ?,
+             run_at = COALESCE(?, run_at), finished_at = ?, lease_owner = NULL,
+             lease_expires_at = NULL
+         WHERE id = ? AND attempts = ? AND state = 'running'
+         RETURNING *",
+    )
+    .bind(state.as_str())
+    .bind(result)
+    .bind(error.map(|e| e.kind.as_str()))
+    .bind(error.map(|e| e.message.as_str()))
+    .bind(run_at.map(ms))
+    .bind(finished_at.map(ms))
+    .bind(lease.task_id.to_string())
+    .bind(i64::from(lease.attempt))
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    match row {
+        Some(r) => rows::task(&r),
+        None if get(&mut *tx, lease.task_id).await?.is_some() => Err(StoreError::Fenced {
+            task_id: lease.task_id,
+            attempt: lease.attempt,
+        }),
+        None => Err(StoreError::TaskNotFound(lease.task_id)),
+    }
+}
+
+/// Hands a running attempt back to the queue (graceful shutdown). The attempt number stays
+/// consumed, so the fencing token is never reused.
+pub(super) async fn release(
+    tx: &mut SqliteConnection,
+    lease: Lease,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE tasks SET state = 'queued', run_at = ?, lease_owner = NULL, lease_expires_at = NULL
+         WHERE id = ? AND attempts = ? AND state = 'running'",
+    )
+    .bind(ms(now))
+    .bind(lease.task_id.to_string())
+    .bind(i64::from(lease.attempt))
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub(super) async fn next_ready_at(
+    pool: &SqlitePool,
+    queues: &[QueueName],
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let (at,): (Option<i64>,) = sqlx::query_as(
+        "SELECT min(run_at) FROM tasks
+         WHERE state IN ('scheduled', 'retrying') AND queue IN (SELECT value FROM json_each(?))",
+    )
+    .bind(queue_list(queues))
+    .fetch_one(pool)
+    .await
+    .map_err(db_err)?;
+    Ok(at.map(idem_core::time::from_ms))
+}
+
+/// Returns each task whose lease expired to the queue, or fails it when no retry is left. One UPDATE,
+/// so each expired attempt is reaped once however many reapers run.
+pub(super) async fn reap(
+    tx: &mut SqliteConnection,
+    now: DateTime<Utc>,
+) -> Result<Vec<Reaped>, StoreError> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "UPDATE tasks SET
+             state = CASE WHEN attempts > max_retries THEN 'failed' ELSE 'queued' END,
+             finished_at = CASE WHEN attempts > max_retries THEN ?1 ELSE NULL END,
+             error_kind = 'lease_expired',
+             error_message = 'the worker running this attempt stopped renewing its lease',
+             run_at = ?1, lease_owner = NULL, lease_expires_at = NULL
+         WHERE state = 'running' AND lease_expires_at < ?1
+         RETURNING id, state",
+    )
+    .bind(ms(now))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    rows.into_iter()
+        .map(|(id, state)| {
+            Ok(Reaped {
+                task_id: id.parse().map_err(|e| rows::corrupt("id", e))?,
+                state: state.parse().map_err(|e| rows::corrupt("state", e))?,
+            })
+        })
+        .collect()
+}

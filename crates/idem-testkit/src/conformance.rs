@@ -1,0 +1,640 @@
+//! The store conformance suite: the invariants of SPEC §5 as tests, written against the `Store` trait
+//! only. Each case takes a fresh, empty store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use idem_core::store::{ClaimRequest, JobFilter, Lease, PageRequest, TaskFilter};
+use idem_core::{
+    ErrorInfo, Finish, FireOutcome, JobId, JobState, QueueName, Store, StoreError, TaskState,
+    WorkerId, WorkerInfo,
+};
+use serde_json::json;
+
+use crate::fixtures::{interval_job, keyed, secs, t0, task};
+
+type S = Arc<dyn Store>;
+
+fn req(worker: &str, queues: &[&str], limit: u32, now: DateTime<Utc>) -> ClaimRequest {
+    ClaimRequest {
+        worker: WorkerId(worker.to_owned()),
+        queues: queues
+            .iter()
+            .map(|q| QueueName::try_from(*q).unwrap())
+            .collect(),
+        limit,
+        now,
+        lease_until: now + secs(30.0),
+    }
+}
+
+fn lease(t: &idem_core::Task) -> Lease {
+    Lease {
+        task_id: t.id,
+        attempt: t.attempts,
+    }
+}
+
+pub async fn submit_creates_a_queued_task(store: S) {
+    let now = t0();
+    let out = store.submit(vec![task(now)], now).await.unwrap();
+    assert_eq!(out.len(), 1);
+    assert!(!out[0].replayed);
+    let got = store.get_task(out[0].task.id).await.unwrap().unwrap();
+    assert_eq!(got.state, TaskState::Queued);
+    assert_eq!(got.attempts, 0);
+    assert_eq!(got, out[0].task);
+}
+
+pub async fn concurrent_submits_with_one_key_make_one_task(store: S) {
+    let now = t0();
+    let mut handles = Vec::new();
+    for _ in 0..64 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            store
+                .submit(vec![keyed(task(now), "order-42", 3600.0)], now)
+                .await
+                .unwrap()
+                .remove(0)
+        }));
+    }
+    let results: Vec<_> = futures::future::join_all(handles)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let ids: std::collections::HashSet<_> = results.iter().map(|s| s.task.id).collect();
+    assert_eq!(ids.len(), 1, "one task for one key");
+    assert_eq!(results.iter().filter(|s| !s.replayed).count(), 1);
+    let page = store
+        .list_tasks(
+            &TaskFilter::default(),
+            &PageRequest {
+                limit: 1000,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+}
+
+pub async fn a_key_reused_with_another_request_is_refused(store: S) {
+    let now = t0();
+    store
+        .submit(vec![keyed(task(now), "k", 3600.0)], now)
+        .await
+        .unwrap();
+    let mut other = task(now);
+    other.args = json!({"different": true});
+    let err = store
+        .submit(vec![keyed(other, "k", 3600.0)], now)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::KeyConflict { index: 0, .. }),
+        "{err:?}"
+    );
+}
+
+pub async fn a_key_is_free_again_after_its_ttl(store: S) {
+    let now = t0();
+    let first = store
+        .submit(vec![keyed(task(now), "ttl", 10.0)], now)
+        .await
+        .unwrap();
+    let replay = store
+        .submit(vec![keyed(task(now), "ttl", 10.0)], now + secs(9.0))
+        .await
+        .unwrap();
+    assert!(replay[0].replayed);
+    assert_eq!(replay[0].task.id, first[0].task.id);
+    let later = now + secs(11.0);
+    let mut other = task(later);
+    other.args = json!({"new": 1});
+    let again = store
+        .submit(vec![keyed(other, "ttl", 10.0)], later)
+        .await
+        .unwrap();
+    assert!(!again[0].replayed);
+    assert_ne!(again[0].task.id, first[0].task.id);
+}
+
+pub async fn a_batch_keeps_order_and_a_conflict_rolls_it_back(store: S) {
+    let now = t0();
+    let batch: Vec<_> = (0..5)
+        .map(|i| {
+            let mut t = task(now);
+            t.args = json!({ "i": i });
+            t
+        })
+        .collect();
+    let ids: Vec<_> = batch.iter().map(|t| t.id).collect();
+    let out = store.submit(batch, now).await.unwrap();
+    assert_eq!(out.iter().map(|s| s.task.id).collect::<Vec<_>>(), ids);
+
+    store
+        .submit(vec![keyed(task(now), "dup", 3600.0)], now)
+        .await
+        .unwrap();
+    let mut conflicting = task(now);
+    conflicting.args = json!({"x": 1});
+    let fresh = task(now);
+    let fresh_id = fresh.id;
+    let err = store
+        .submit(vec![fresh, keyed(conflicting, "dup", 3600.0)], now)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::KeyConflict { index: 1, .. }),
+        "{err:?}"
+    );
+    assert!(
+        store.get_task(fresh_id).await.unwrap().is_none(),
+        "rolled back"
+    );
+}
+
+pub async fn a_task_with_an_eta_waits_for_it(store: S) {
+    let now = t0();
+    let out = store
+        .submit(vec![task(now + secs(60.0))], now)
+        .await
+        .unwrap();
+    assert_eq!(out[0].task.state, TaskState::Scheduled);
+    assert!(store
+        .claim(&req("w", &["default"], 10, now))
+        .await
+        .unwrap()
+        .is_empty());
+    let q = [QueueName::default_queue()];
+    assert_eq!(
+        store.next_ready_at(&q).await.unwrap(),
+        Some(now + secs(60.0))
+    );
+    let later = now + secs(60.0);
+    let claims = store
+        .claim(&req("w", &["default"], 10, later))
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].task.attempts, 1);
+    assert_eq!(claims[0].task.state, TaskState::Running);
+}
+
+pub async fn claims_take_higher_priority_first_and_only_their_queues(store: S) {
+    let now = t0();
+    let mut low = task(now);
+    low.priority = 1;
+    let mut high = task(now);
+    high.priority = 9;
+    let mut other = task(now);
+    other.queue = QueueName::try_from("other").unwrap();
+    let (low_id, high_id, other_id) = (low.id, high.id, other.id);
+    store.submit(vec![low, high, other], now).await.unwrap();
+    let first = store.claim(&req("w", &["default"], 1, now)).await.unwrap();
+    assert_eq!(first[0].task.id, high_id);
+    let second = store.claim(&req("w", &["default"], 10, now)).await.unwrap();
+    assert_eq!(
+        second.iter().map(|c| c.task.id).collect::<Vec<_>>(),
+        vec![low_id]
+    );
+    let third = store.claim(&req("w", &["other"], 10, now)).await.unwrap();
+    assert_eq!(third[0].task.id, other_id);
+}
+
+pub async fn concurrent_claims_lease_each_task_once(store: S) {
+    let now = t0();
+    let batch: Vec<_> = (0..200).map(|_| task(now)).collect();
+    store.submit(batch, now).await.unwrap();
+    let mut handles = Vec::new();
+    for w in 0..4 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let c = store
+                    .claim(&req(&format!("w{w}"), &["default"], 7, now))
+                    .await
+                    .unwrap();
+                if c.is_empty() {
+                    return mine;
+                }
+                mine.extend(c.into_iter().map(|c| c.task.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    let unique: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 200);
+    assert_eq!(unique.len(), 200);
+}
+
+pub async fn a_finish_from_a_superseded_attempt_is_rejected(store: S) {
+    let now = t0();
+    store.submit(vec![task(now)], now).await.unwrap();
+    let first = store
+        .claim(&req("a", &["default"], 1, now))
+        .await
+        .unwrap()
+        .remove(0);
+    // Worker a goes silent; its lease expires and the task is reaped and claimed again.
+    let later = now + secs(31.0);
+    assert_eq!(store.reap_leases(later).await.unwrap().len(), 1);
+    let second = store
+        .claim(&req("b", &["default"], 1, later))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(second.task.attempts, 2);
+    let stale = store
+        .finish(lease(&first.task), Finish::Succeeded(json!("late")), later)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(stale, StoreError::Fenced { attempt: 1, .. }),
+        "{stale:?}"
+    );
+    let done = store
+        .finish(lease(&second.task), Finish::Succeeded(json!("ok")), later)
+        .await
+        .unwrap();
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert_eq!(done.result, Some(json!("ok")));
+    // A second finish of the same attempt is refused too: completion is recorded once.
+    let again = store
+        .finish(
+            lease(&second.task),
+            Finish::Succeeded(json!("twice")),
+            later,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(again, StoreError::Fenced { .. }));
+    let got = store.get_task(second.task.id).await.unwrap().unwrap();
+    assert_eq!(got.result, Some(json!("ok")));
+}
+
+pub async fn a_reaped_lease_returns_the_task_exactly_once(store: S) {
+    let now = t0();
+    store.submit(vec![task(now)], now).await.unwrap();
+    let claim = store
+        .claim(&req("a", &["default"], 1, now))
+        .await
+        .unwrap()
+        .remove(0);
+    let before = now + secs(29.0);
+    assert!(
+        store.reap_leases(before).await.unwrap().is_empty(),
+        "lease still live"
+    );
+    let later = now + secs(31.0);
+    let reapers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.reap_leases(later).await.unwrap() })
+        })
+        .collect();
+    let mut reaped = Vec::new();
+    for r in reapers {
+        reaped.extend(r.await.unwrap());
+    }
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].task_id, claim.task.id);
+    assert_eq!(reaped[0].state, TaskState::Queued);
+    let t = store.get_task(claim.task.id).await.unwrap().unwrap();
+    assert_eq!(t.state, TaskState::Queued);
+    assert_eq!(t.error.unwrap().kind, "lease_expired");
+}
+
+pub async fn a_reaped_task_without_retries_left_fails(store: S) {
+    let now = t0();
+    let mut t = task(now);
+    t.max_retries = 0;
+    store.submit(vec![t], now).await.unwrap();
+    store.claim(&req("a", &["default"], 1, now)).await.unwrap();
+    let reaped = store.reap_leases(now + secs(31.0)).await.unwrap();
+    assert_eq!(reaped[0].state, TaskState::Failed);
+}
+
+pub async fn a_retry_waits_for_its_backoff(store: S) {
+    let now = t0();
+    store.submit(vec![task(now)], now).await.unwrap();
+    let c = store
+        .claim(&req("a", &["default"], 1, now))
+        .await
+        .unwrap()
+        .remove(0);
+    let at = now + secs(2.0);
+    let t = store
+        .finish(
+            lease(&c.task),
+            Finish::Retry {
+                at,
+                error: ErrorInfo::new("error", "boom"),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(t.state, TaskState::Retrying);
+    assert_eq!(t.error.as_ref().unwrap().message, "boom");
+    assert!(store
+        .claim(&req("a", &["default"], 1, now + secs(1.0)))
+        .await
+        .unwrap()
+        .is_empty());
+    let again = store.claim(&req("a", &["default"], 1, at)).await.unwrap();
+    assert_eq!(again[0].task.attempts, 2);
+}
+
+pub async fn cancel_stops_queued_and_fences_running_tasks(store: S) {
+    let now = t0();
+    let out = store
+        .submit(vec![task(now), task(now + secs(100.0))], now)
+        .await
+        .unwrap();
+    let scheduled = store
+        .cancel_task(out[1].task.id, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(scheduled.state, TaskState::Cancelled);
+    let c = store
+        .claim(&req("a", &["default"], 1, now))
+        .await
+        .unwrap()
+        .remove(0);
+    let cancelled = store.cancel_task(c.task.id, now).await.unwrap().unwrap();
+    assert_eq!(cancelled.state, TaskState::Cancelled);
+    let late = store
+        .finish(lease(&c.task), Finish::Succeeded(json!(1)), now)
+        .await
+        .unwrap_err();
+    assert!(matches!(late, StoreError::Fenced { .. }));
+    // Cancelling a final task changes nothing.
+    let again = store.cancel_task(c.task.id, now).await.unwrap().unwrap();
+    assert_eq!(again.state, TaskState::Cancelled);
+    let unknown = store
+        .cancel_task(idem_core::TaskId::generate(), now)
+        .await
+        .unwrap();
+    assert!(unknown.is_none());
+}
+
+pub async fn tasks_not_started_by_expiry_expire(store: S) {
+    let now = t0();
+    let mut t = task(now);
+    t.expires_at = Some(now + secs(5.0));
+    let id = t.id;
+    store.submit(vec![t], now).await.unwrap();
+    assert!(store
+        .claim(&req("a", &["default"], 1, now + secs(6.0)))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.expire_tasks(now + secs(6.0)).await.unwrap(), 1);
+    assert_eq!(
+        store.get_task(id).await.unwrap().unwrap().state,
+        TaskState::Expired
+    );
+}
+
+pub async fn renewal_reports_lost_leases(store: S) {
+    let now = t0();
+    store.submit(vec![task(now), task(now)], now).await.unwrap();
+    let claims = store.claim(&req("a", &["default"], 2, now)).await.unwrap();
+    let leases: Vec<_> = claims.iter().map(|c| lease(&c.task)).collect();
+    store.cancel_task(claims[1].task.id, now).await.unwrap();
+    let w = WorkerId("a".into());
+    let lost = store
+        .renew_leases(&w, &leases, now + secs(60.0))
+        .await
+        .unwrap();
+    assert_eq!(lost, vec![leases[1]]);
+    // The renewed lease outlives the original one.
+    assert!(store
+        .reap_leases(now + secs(45.0))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn release_hands_a_task_back(store: S) {
+    let now = t0();
+    store.submit(vec![task(now)], now).await.unwrap();
+    let c = store
+        .claim(&req("a", &["default"], 1, now))
+        .await
+        .unwrap()
+        .remove(0);
+    store.release(lease(&c.task), now).await.unwrap();
+    let again = store
+        .claim(&req("b", &["default"], 1, now))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(again.task.id, c.task.id);
+    assert_eq!(again.task.attempts, 2, "the fencing token is never reused");
+}
+
+pub async fn jobs_are_created_listed_updated_and_deleted(store: S) {
+    let now = t0();
+    for id in ["a", "b", "c"] {
+        store
+            .create_job(interval_job(id, 10.0, now), false)
+            .await
+            .unwrap();
+    }
+    let dup = store
+        .create_job(interval_job("a", 10.0, now), false)
+        .await
+        .unwrap_err();
+    assert!(matches!(dup, StoreError::JobExists(_)));
+    let mut replaced = interval_job("a", 20.0, now);
+    replaced.spec.name = Some("replaced".into());
+    let got = store.create_job(replaced, true).await.unwrap();
+    assert_eq!(got.spec.name.as_deref(), Some("replaced"));
+
+    let p1 = store
+        .list_jobs(
+            &JobFilter::default(),
+            &PageRequest {
+                limit: 2,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(p1.items.len(), 2);
+    let p2 = store
+        .list_jobs(
+            &JobFilter::default(),
+            &PageRequest {
+                limit: 2,
+                after: p1.next_cursor.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(p2.items.len(), 1);
+    assert!(p2.next_cursor.is_none());
+    let ids: Vec<_> = p1
+        .items
+        .iter()
+        .chain(&p2.items)
+        .map(|j| j.spec.id.to_string())
+        .collect();
+    assert_eq!(ids, vec!["a", "b", "c"]);
+
+    let id = JobId::try_from("b").unwrap();
+    let mut b = store.get_job(&id).await.unwrap().unwrap();
+    b.state = JobState::Paused;
+    let updated = store.update_job(b).await.unwrap().unwrap();
+    assert_eq!(updated.state, JobState::Paused);
+    let paused = store
+        .list_jobs(
+            &JobFilter {
+                state: Some(JobState::Paused),
+                task: None,
+            },
+            &PageRequest {
+                limit: 10,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(paused.items.len(), 1);
+    assert!(store.delete_job(&id).await.unwrap());
+    assert!(!store.delete_job(&id).await.unwrap());
+    assert!(store.get_job(&id).await.unwrap().is_none());
+}
+
+pub async fn two_schedulers_fire_each_slot_once(store: S) {
+    let start = t0();
+    for i in 0..10 {
+        store
+            .create_job(interval_job(&format!("j{i}"), 1.0, start), false)
+            .await
+            .unwrap();
+    }
+    // Two schedulers race over the same 20 simulated seconds, 50 ms apart.
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            for step in 0..=400 {
+                let now = start + chrono::Duration::milliseconds(step * 50);
+                store.fire_due(now, 256).await.unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let mut per_job: HashMap<String, Vec<DateTime<Utc>>> = HashMap::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_tasks(&TaskFilter::default(), &PageRequest { limit: 500, after })
+            .await
+            .unwrap();
+        for t in &page.items {
+            per_job
+                .entry(t.job_id.clone().unwrap().to_string())
+                .or_default()
+                .push(t.scheduled_at);
+        }
+        after = page.next_cursor;
+        if after.is_none() {
+            break;
+        }
+    }
+    assert_eq!(per_job.len(), 10);
+    for (job, mut slots) in per_job {
+        slots.sort();
+        let n = slots.len();
+        slots.dedup();
+        assert_eq!(slots.len(), n, "{job}: a slot fired twice");
+        assert_eq!(n, 21, "{job}: slots 0..=20 s each fire once");
+        let runs = store
+            .job_runs(&JobId::try_from(job.as_str()).unwrap(), 100)
+            .await
+            .unwrap();
+        assert_eq!(runs.len(), 21);
+        assert!(runs
+            .iter()
+            .all(|r| r.outcome == FireOutcome::Fired && r.task_id.is_some()));
+    }
+}
+
+pub async fn fires_record_missed_and_skipped_overlap(store: S) {
+    let start = t0();
+    let mut late = interval_job("late", 10.0, start);
+    late.spec.misfire_grace_seconds = 1.0;
+    let mut overlap = interval_job("overlap", 10.0, start);
+    overlap.spec.max_instances = 1;
+    store.create_job(late, false).await.unwrap();
+    store.create_job(overlap, false).await.unwrap();
+
+    let fires = store.fire_due(start + secs(5.0), 10).await.unwrap();
+    let by_job: HashMap<_, _> = fires
+        .iter()
+        .map(|f| (f.job_id.to_string(), f.outcome))
+        .collect();
+    assert_eq!(by_job["late"], FireOutcome::Missed);
+    assert_eq!(by_job["overlap"], FireOutcome::Fired);
+    // The overlap job's first task is still queued at its next slot.
+    let fires = store.fire_due(start + secs(10.0), 10).await.unwrap();
+    let by_job: HashMap<_, _> = fires
+        .iter()
+        .map(|f| (f.job_id.to_string(), f.outcome))
+        .collect();
+    assert_eq!(by_job["overlap"], FireOutcome::SkippedOverlap);
+    assert_eq!(by_job["late"], FireOutcome::Fired);
+    let runs = store
+        .job_runs(&JobId::try_from("overlap").unwrap(), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        runs.iter().map(|r| r.outcome).collect::<Vec<_>>(),
+        vec![FireOutcome::SkippedOverlap, FireOutcome::Fired],
+        "newest first"
+    );
+    let job = store
+        .get_job(&JobId::try_from("overlap").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.next_run_at, Some(start + secs(20.0)));
+    assert_eq!(job.last_run_at, Some(start));
+}
+
+pub async fn workers_report_heartbeats(store: S) {
+    let now = t0();
+    let info = WorkerInfo {
+        id: WorkerId("host:1:abc".into()),
+        host: "host".into(),
+        queues: vec![QueueName::default_queue()],
+        concurrency: 8,
+        running: 2,
+        started_at: now,
+        last_heartbeat_at: now,
+    };
+    store.worker_heartbeat(&info).await.unwrap();
+    let again = WorkerInfo {
+        running: 3,
+        last_heartbeat_at: now + secs(5.0),
+        ..info.clone()
+    };
+    store.worker_heartbeat(&again).await.unwrap();
+    assert_eq!(store.list_workers().await.unwrap(), vec![again]);
+    store.remove_worker(&info.id).await.unwrap();
+    assert!(store.list_workers().await.unwrap().is_empty());
+}
