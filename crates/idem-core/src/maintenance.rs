@@ -52,7 +52,11 @@ impl Maintenance {
 
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
-            if let Err(e) = self.run_once(Utc::now()).await {
+            let pass = match self.store.now().await {
+                Ok(now) => self.run_once(now).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = pass {
                 tracing::warn!(error = %e, "maintenance pass failed");
             }
             tokio::select! {

@@ -51,22 +51,28 @@ impl Scheduler {
             // Mark the current change as seen *before* querying, so a change committed while we
             // query wakes the next sleep instead of being missed.
             changes.borrow_and_update();
-            let deadline = match self.pass().await {
-                Ok(next) => {
+            // Waits are measured on the store's clock (the one due times are written in), minus
+            // the time the pass itself took.
+            let started = std::time::Instant::now();
+            let wait = match self.pass().await {
+                Ok((now, next)) => {
                     failures = 0;
-                    let cap =
-                        Utc::now() + chrono::Duration::from_std(self.max_sleep).unwrap_or_default();
-                    next.map_or(cap, |n| n.min(cap))
+                    let until = next.map_or(self.max_sleep, |n| {
+                        (n - now)
+                            .to_std()
+                            .unwrap_or(Duration::ZERO)
+                            .min(self.max_sleep)
+                    });
+                    until.saturating_sub(started.elapsed())
                 }
                 Err(e) => {
                     failures += 1;
                     if failures == 1 {
                         tracing::warn!(error = %e, "scheduler pass failed; retrying with backoff");
                     }
-                    Utc::now() + chrono::Duration::milliseconds(250 * i64::from(failures.min(20)))
+                    Duration::from_millis(250 * u64::from(failures.min(20)))
                 }
             };
-            let wait = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = changes.changed() => {}
@@ -76,8 +82,9 @@ impl Scheduler {
         tracing::info!("scheduler stopped");
     }
 
-    async fn pass(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let now = Utc::now();
+    /// One pass at the store's `now`; returns that `now` and the next due time.
+    async fn pass(&self) -> Result<(DateTime<Utc>, Option<DateTime<Utc>>), StoreError> {
+        let now = self.store.now().await?;
         let fires = self.run_once(now).await?;
         for f in &fires {
             metrics::counter!("idem_scheduler_fires_total", "outcome" => f.outcome.as_str())
@@ -89,6 +96,6 @@ impl Scheduler {
                 metrics::histogram!("idem_scheduler_lateness_seconds").record(late as f64 / 1e6);
             }
         }
-        self.store.next_fire_at().await
+        Ok((now, self.store.next_fire_at().await?))
     }
 }

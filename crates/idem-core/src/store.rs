@@ -109,6 +109,12 @@ pub trait Store: Send + Sync + 'static {
     /// Answers when the store is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// The store's clock, which the engines pass as `now`: a shared database answers with its own
+    /// clock so that hosts with skewed clocks agree on due times and leases. Millisecond precision.
+    async fn now(&self) -> Result<DateTime<Utc>, StoreError> {
+        Ok(crate::time::trunc_ms(Utc::now()))
+    }
+
     // --- jobs -------------------------------------------------------------------------------
 
     /// Inserts a job (or replaces it when `replace`); `job.next_run_at` is already computed.

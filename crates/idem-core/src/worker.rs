@@ -118,11 +118,15 @@ impl Worker {
         while !shutdown.is_cancelled() {
             ready.borrow_and_update();
             let free = slots.available_permits() as u32;
-            let mut idle_until =
-                Utc::now() + chrono::Duration::from_std(this.cfg.max_idle).unwrap_or_default();
+            let mut wait = this.cfg.max_idle;
             if free > 0 {
-                match this.claim(free, Utc::now()).await {
-                    Ok(claims) => {
+                let started = Instant::now();
+                let claimed = match this.store.now().await {
+                    Ok(now) => this.claim(free, now).await.map(|c| (now, c)),
+                    Err(e) => Err(e),
+                };
+                match claimed {
+                    Ok((now, claims)) => {
                         failures = 0;
                         let got = claims.len() as u32;
                         for claim in claims {
@@ -140,8 +144,10 @@ impl Worker {
                             continue; // there may be more; the slots decide
                         }
                         if got == 0 {
+                            // Sleep until the earliest waiting task is due (on the store's clock).
                             if let Ok(Some(at)) = this.store.next_ready_at(&this.cfg.queues).await {
-                                idle_until = idle_until.min(at);
+                                let until = (at - now).to_std().unwrap_or(Duration::ZERO);
+                                wait = wait.min(until.saturating_sub(started.elapsed()));
                             }
                         }
                     }
@@ -150,12 +156,10 @@ impl Worker {
                         if failures == 1 {
                             tracing::warn!(error = %e, "claim failed; retrying with backoff");
                         }
-                        idle_until = Utc::now()
-                            + chrono::Duration::milliseconds(250 * i64::from(failures.min(20)));
+                        wait = Duration::from_millis(250 * u64::from(failures.min(20)));
                     }
                 }
             }
-            let wait = (idle_until - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             let free_now = slots.available_permits();
             tokio::select! {
                 _ = shutdown.cancelled() => {}
@@ -252,7 +256,12 @@ impl Worker {
 
         match ended {
             Ended::Stopped if hard_stop.is_cancelled() => {
-                if let Err(e) = self.store.release(lease, Utc::now()).await {
+                let now = self
+                    .store
+                    .now()
+                    .await
+                    .unwrap_or_else(|_| crate::time::trunc_ms(Utc::now()));
+                if let Err(e) = self.store.release(lease, now).await {
                     tracing::warn!(task_id = %task.id, error = %e, "could not hand the task back; its lease will expire");
                 }
             }
@@ -260,7 +269,11 @@ impl Worker {
                 tracing::info!(task_id = %task.id, "attempt stopped: task cancelled or lease lost");
             }
             Ended::Done(r) => {
-                let now = Utc::now();
+                let now = self
+                    .store
+                    .now()
+                    .await
+                    .unwrap_or_else(|_| crate::time::trunc_ms(Utc::now()));
                 let finish = decide(r, task.attempts, task.max_retries, now);
                 let state_label = match &finish {
                     Finish::Succeeded(_) => "succeeded",
@@ -286,7 +299,12 @@ impl Worker {
         let deadline = Instant::now() + self.cfg.lease;
         let mut delay = Duration::from_millis(50);
         loop {
-            match self.store.finish(lease, finish.clone(), Utc::now()).await {
+            let now = self
+                .store
+                .now()
+                .await
+                .unwrap_or_else(|_| crate::time::trunc_ms(Utc::now()));
+            match self.store.finish(lease, finish.clone(), now).await {
                 Ok(_) => return,
                 Err(StoreError::Fenced { .. }) => {
                     metrics::counter!("idem_finish_fenced_total").increment(1);
@@ -321,7 +339,11 @@ impl Worker {
 
     /// One heartbeat: renews the leases and writes the worker row.
     pub async fn heartbeat_once(&self) {
-        let now = Utc::now();
+        let now = self
+            .store
+            .now()
+            .await
+            .unwrap_or_else(|_| crate::time::trunc_ms(Utc::now()));
         let leases: Vec<Lease> = self
             .running
             .lock()

@@ -1,0 +1,339 @@
+//! The one configuration struct: every setting is a flag and an `IDEM_*` variable (SPEC §2), parsed
+//! and checked here, at the edge, so the roles start from values that are known to be valid.
+//!
+//! Invariant: nothing else in idem reads the environment; a bad setting becomes a `ConfigError` that
+//! names the setting, and `main` turns it into one line and exit code 2.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use idem_core::QueueName;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "idem",
+    version,
+    about = "An idempotent, distributed task scheduler"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// API + scheduler + worker pool in one process (the default way to run).
+    Serve,
+    /// The HTTP API only.
+    Api,
+    /// The scheduler only (fires due jobs; runs the lease reaper).
+    Scheduler,
+    /// A worker pool only.
+    Worker,
+    /// Applies the store's schema migrations and exits.
+    Migrate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// API address.
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_BIND",
+        default_value = "127.0.0.1:8000"
+    )]
+    pub bind: SocketAddr,
+    /// `sqlite://PATH` or `postgres://...`.
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_DATABASE_URL",
+        default_value = "sqlite://idem.db"
+    )]
+    pub database_url: String,
+    /// `amqp://user:pass@host:5672/vhost` selects RabbitMQ; unset: the store's queue.
+    #[arg(long, global = true, env = "IDEM_BROKER_URL")]
+    pub broker_url: Option<String>,
+    /// `redis://host:6379/0` selects Redis for locks and the idempotency cache; unset: the store.
+    #[arg(long, global = true, env = "IDEM_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Tasks run at once by one worker process.
+    #[arg(long, global = true, env = "IDEM_WORKER_CONCURRENCY", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub worker_concurrency: u32,
+    /// Queues a worker consumes, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_QUEUES",
+        default_value = "default",
+        value_delimiter = ','
+    )]
+    pub queues: Vec<String>,
+    /// `name:secret:scope[+scope],...` (not supported yet: see the README).
+    #[arg(long, global = true, env = "IDEM_API_KEYS")]
+    pub api_keys: Option<String>,
+    /// Let the `http` task reach loopback and private addresses.
+    #[arg(long, global = true, env = "IDEM_HTTP_ALLOW_PRIVATE", default_value_t = false,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub http_allow_private: bool,
+    /// Programs the `shell` task may run, comma-separated; unset: the shell task is off.
+    #[arg(long, global = true, env = "IDEM_SHELL_ALLOW", value_delimiter = ',')]
+    pub shell_allow: Vec<String>,
+    /// Log filter (tracing's `EnvFilter` syntax).
+    #[arg(long, global = true, env = "IDEM_LOG", default_value = "info")]
+    pub log: String,
+    /// `text` or `json`.
+    #[arg(long, global = true, env = "IDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Do not apply migrations at start.
+    #[arg(long, global = true, env = "IDEM_NO_MIGRATE", default_value_t = false)]
+    pub no_migrate: bool,
+    /// Allow binding the API to a non-loopback address without API keys.
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_INSECURE_NO_AUTH",
+        default_value_t = false
+    )]
+    pub insecure_no_auth: bool,
+    /// How long a worker's claim on a task is leased (renewed every third of it); a dead worker's
+    /// tasks return to the queue this long after it died.
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_LEASE_SECONDS",
+        default_value_t = 30.0
+    )]
+    pub lease_seconds: f64,
+    /// How long running tasks may finish after SIGTERM/SIGINT before they are handed back.
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_SHUTDOWN_GRACE_SECONDS",
+        default_value_t = 30.0
+    )]
+    pub shutdown_grace_seconds: f64,
+    /// Largest accepted request body.
+    #[arg(long, global = true, env = "IDEM_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// How often the maintenance pass (lease reaper, expiry, pruning) runs.
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_MAINTENANCE_INTERVAL_SECONDS",
+        default_value_t = 1.0
+    )]
+    pub maintenance_interval_seconds: f64,
+    /// Longest a scheduler or an idle worker sleeps without a wake-up (bounds the delay for changes
+    /// made by another process sharing the store).
+    #[arg(long, global = true, env = "IDEM_POLL_SECONDS", default_value_t = 1.0)]
+    pub poll_seconds: f64,
+}
+
+/// A setting that cannot be used; the message names it.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub message: String,
+}
+
+fn bad(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// The store a URL selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(String),
+    Postgres(String),
+}
+
+/// Settings checked and resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub store: StoreUrl,
+    pub queues: Vec<QueueName>,
+    pub worker_concurrency: u32,
+    pub http_allow_private: bool,
+    pub shell_allow: Vec<String>,
+    pub migrate: bool,
+    pub lease: Duration,
+    pub shutdown_grace: Duration,
+    pub max_body_bytes: usize,
+    pub maintenance_every: Duration,
+    pub poll: Duration,
+}
+
+fn positive_secs(setting: &'static str, v: f64, max: f64) -> Result<Duration, ConfigError> {
+    if !(v.is_finite() && v > 0.0 && v <= max) {
+        return Err(bad(
+            setting,
+            format!("must be a number of seconds in (0, {max}], got {v}"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl Settings {
+    /// Checks every setting; the one place that matches on URL kinds.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let url = self.database_url.trim();
+        let store = if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            let path = path.split('?').next().unwrap_or_default();
+            if path.is_empty() || path == ":memory:" {
+                return Err(bad(
+                    "IDEM_DATABASE_URL",
+                    "sqlite URLs need a file path, e.g. sqlite://idem.db",
+                ));
+            }
+            StoreUrl::Sqlite(url.to_owned())
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            StoreUrl::Postgres(url.to_owned())
+        } else {
+            return Err(bad(
+                "IDEM_DATABASE_URL",
+                format!("expected sqlite://PATH or postgres://..., got {url:?}"),
+            ));
+        };
+        if matches!(store, StoreUrl::Postgres(_)) {
+            return Err(bad(
+                "IDEM_DATABASE_URL",
+                "PostgreSQL is not supported yet in this build; use sqlite://PATH",
+            ));
+        }
+        if self.broker_url.as_deref().is_some_and(|u| !u.is_empty()) {
+            return Err(bad(
+                "IDEM_BROKER_URL",
+                "RabbitMQ is not supported yet in this build; unset it to use the store's queue",
+            ));
+        }
+        if self.redis_url.as_deref().is_some_and(|u| !u.is_empty()) {
+            return Err(bad(
+                "IDEM_REDIS_URL",
+                "Redis is not supported yet in this build; unset it to use the store",
+            ));
+        }
+        if self.api_keys.as_deref().is_some_and(|k| !k.is_empty()) {
+            return Err(bad(
+                "IDEM_API_KEYS",
+                "API keys are not supported yet in this build; bind to loopback instead",
+            ));
+        }
+        if !self.bind.ip().is_loopback() && !self.insecure_no_auth {
+            return Err(bad(
+                "IDEM_BIND",
+                format!("{} is not a loopback address and no API keys are configured; pass --insecure-no-auth to serve it without authentication", self.bind),
+            ));
+        }
+        let queues = self
+            .queues
+            .iter()
+            .map(|q| QueueName::try_from(q.trim()).map_err(|e| bad("IDEM_QUEUES", e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        if queues.is_empty() {
+            return Err(bad("IDEM_QUEUES", "name at least one queue"));
+        }
+        Ok(Config {
+            bind: self.bind,
+            store,
+            queues,
+            worker_concurrency: self.worker_concurrency,
+            http_allow_private: self.http_allow_private,
+            shell_allow: self
+                .shell_allow
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            migrate: !self.no_migrate,
+            lease: positive_secs("IDEM_LEASE_SECONDS", self.lease_seconds, 86_400.0)?,
+            shutdown_grace: Duration::from_secs_f64(
+                positive_secs(
+                    "IDEM_SHUTDOWN_GRACE_SECONDS",
+                    self.shutdown_grace_seconds.max(1e-3),
+                    86_400.0,
+                )?
+                .as_secs_f64(),
+            ),
+            max_body_bytes: if self.max_body_bytes == 0 {
+                return Err(bad("IDEM_MAX_BODY_BYTES", "must be positive"));
+            } else {
+                self.max_body_bytes
+            },
+            maintenance_every: positive_secs(
+                "IDEM_MAINTENANCE_INTERVAL_SECONDS",
+                self.maintenance_interval_seconds,
+                3600.0,
+            )?,
+            poll: positive_secs("IDEM_POLL_SECONDS", self.poll_seconds, 3600.0)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["idem", "serve"];
+        all.extend_from_slice(args);
+        let cli = Cli::try_parse_from(all).map_err(|e| e.to_string())?;
+        cli.settings.resolve().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_shape() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.bind.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.store, StoreUrl::Sqlite("sqlite://idem.db".into()));
+        assert_eq!(c.queues, vec![QueueName::default_queue()]);
+        assert_eq!(c.worker_concurrency, 16);
+        assert!(!c.http_allow_private);
+        assert!(c.shell_allow.is_empty());
+    }
+
+    #[test]
+    fn bad_settings_name_themselves() {
+        for (args, setting) in [
+            (&["--database-url", "mysql://x"][..], "IDEM_DATABASE_URL"),
+            (&["--database-url", "sqlite://"][..], "IDEM_DATABASE_URL"),
+            (&["--queues", "a b"][..], "IDEM_QUEUES"),
+            (&["--bind", "0.0.0.0:8000"][..], "IDEM_BIND"),
+            (&["--lease-seconds", "0"][..], "IDEM_LEASE_SECONDS"),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.starts_with(setting), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn non_loopback_binds_need_the_explicit_opt_out() {
+        assert!(parse(&["--bind", "0.0.0.0:8000", "--insecure-no-auth"]).is_ok());
+    }
+
+    #[test]
+    fn lists_split_on_commas() {
+        let c = parse(&["--queues", "a,b", "--shell-allow", "echo,ls"]).unwrap();
+        assert_eq!(c.queues.len(), 2);
+        assert_eq!(c.shell_allow, vec!["echo", "ls"]);
+    }
+}
