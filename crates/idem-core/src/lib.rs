@@ -4,9 +4,12 @@
 //! Invariant: nothing here depends on a database, broker or web crate, and nothing here reads the
 //! wall clock except the engines' loops, which pass `now` into every pure function and store call.
 
+pub mod broker;
+pub mod dispatcher;
 pub mod handler;
 pub mod ids;
 pub mod job;
+pub mod locks;
 pub mod maintenance;
 pub mod retry;
 pub mod scheduler;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::locks::{LockLease, Locks};
 use crate::store::{Reaped, Store, StoreError};
 
 /// A worker silent this long is dropped from `GET /api/v1/workers`.
@@ -19,7 +20,12 @@ pub const WORKER_FORGET_AFTER: chrono::Duration = chrono::Duration::minutes(5);
 pub struct Maintenance {
     store: Arc<dyn Store>,
     every: Duration,
+    /// With several processes, only the holder of the `maintenance` leader lease runs the passes.
+    locks: Option<Arc<dyn Locks>>,
 }
+
+/// The name of the leader lease.
+pub const LEADER_LOCK: &str = "maintenance-leader";
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -31,7 +37,55 @@ pub struct Pass {
 
 impl Maintenance {
     pub fn new(store: Arc<dyn Store>, every: Duration) -> Self {
-        Self { store, every }
+        Self {
+            store,
+            every,
+            locks: None,
+        }
+    }
+
+    /// Runs passes only while holding the leader lease in `locks`.
+    pub fn with_leader_lease(mut self, locks: Arc<dyn Locks>) -> Self {
+        self.locks = Some(locks);
+        self
+    }
+
+    fn lease_ttl(&self) -> Duration {
+        (self.every * 3).max(Duration::from_secs(5))
+    }
+
+    /// Keeps or takes the leader lease; `true` while this process leads.
+    async fn lead(&self, lease: &mut Option<LockLease>) -> bool {
+        let Some(locks) = &self.locks else {
+            return true;
+        };
+        let ttl = self.lease_ttl();
+        if let Some(held) = lease.as_ref() {
+            match locks.extend(held, ttl).await {
+                Ok(true) => return true,
+                Ok(false) => {
+                    tracing::warn!(term = held.fence, "lost the maintenance leader lease");
+                    *lease = None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot extend the maintenance leader lease");
+                    *lease = None;
+                    return false;
+                }
+            }
+        }
+        match locks.acquire(LEADER_LOCK, ttl).await {
+            Ok(Some(l)) => {
+                tracing::info!(term = l.fence, "leading maintenance");
+                *lease = Some(l);
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot take the maintenance leader lease");
+                false
+            }
+        }
     }
 
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Pass, StoreError> {
@@ -51,18 +105,24 @@ impl Maintenance {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut lease = None;
         loop {
-            let pass = match self.store.now().await {
-                Ok(now) => self.run_once(now).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = pass {
-                tracing::warn!(error = %e, "maintenance pass failed");
+            if self.lead(&mut lease).await {
+                let pass = match self.store.now().await {
+                    Ok(now) => self.run_once(now).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = pass {
+                    tracing::warn!(error = %e, "maintenance pass failed");
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(self.every) => {}
             }
+        }
+        if let (Some(locks), Some(l)) = (&self.locks, &lease) {
+            let _ = locks.release(l).await;
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::broker::Hint;
 use crate::ids::{JobId, QueueName, TaskId, TaskName, WorkerId};
 use crate::job::{FireRecord, Job, JobState};
 use crate::task::{Claim, Finish, NewTask, Submitted, Task, TaskState};
@@ -194,6 +195,29 @@ pub trait Store: Send + Sync + 'static {
         &self,
         queues: &[QueueName],
     ) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    // --- the outbox (broker mode) ----------------------------------------------------------
+
+    /// Takes up to `limit` queued tasks that still need a broker message — never published, or
+    /// published before `redeliver_before` and still not claimed (a message lost with a broker
+    /// failure) — after making due scheduled and retrying tasks `queued`. The taken tasks are marked
+    /// published at `now` in the same transaction, so concurrent dispatchers split the work.
+    async fn take_for_dispatch(
+        &self,
+        _now: DateTime<Utc>,
+        _limit: u32,
+        _redeliver_before: DateTime<Utc>,
+    ) -> Result<Vec<Hint>, StoreError> {
+        Err(StoreError::Unavailable("this store has no outbox".into()))
+    }
+    /// The earliest time a scheduled or retrying task in any queue becomes runnable.
+    async fn next_ready_at_any(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Err(StoreError::Unavailable("this store has no outbox".into()))
+    }
+    /// Marks tasks whose publish failed as unpublished again.
+    async fn undispatch(&self, _ids: &[TaskId]) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("this store has no outbox".into()))
+    }
 
     // --- maintenance ------------------------------------------------------------------------
 

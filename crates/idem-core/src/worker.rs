@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::broker::{Acker, Broker};
 use crate::handler::{Registry, TaskContext, TaskError};
 use crate::ids::{QueueName, TaskId, WorkerId};
 use crate::retry::backoff;
@@ -52,6 +53,15 @@ impl WorkerConfig {
     }
 }
 
+/// What the run loop shares with the attempts it spawns.
+struct Run {
+    /// Cancelled when the grace period is over: attempts still running are handed back.
+    hard_stop: CancellationToken,
+    tracker: TaskTracker,
+    /// One permit per concurrent attempt.
+    slots: Arc<Semaphore>,
+}
+
 /// One running attempt, as the worker tracks it.
 struct Running {
     attempt: i32,
@@ -62,6 +72,8 @@ pub struct Worker {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
     cfg: WorkerConfig,
+    /// Where work comes from: `None` claims from the store's queue table; a broker delivers hints.
+    broker: Option<Arc<dyn Broker>>,
     running: Arc<Mutex<HashMap<TaskId, Running>>>,
     started_at: DateTime<Utc>,
 }
@@ -79,9 +91,16 @@ impl Worker {
             store,
             registry,
             cfg,
+            broker: None,
             running: Arc::default(),
             started_at: Utc::now(),
         }
+    }
+
+    /// Takes work from a broker instead of the store's queue table.
+    pub fn with_broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.broker = Some(broker);
+        self
     }
 
     fn lease_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
@@ -104,72 +123,23 @@ impl Worker {
     /// Runs until `shutdown` is cancelled, then drains as described in the module docs.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
-        let hard_stop = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let slots = Arc::new(Semaphore::new(this.cfg.concurrency as usize));
-        let wake = this.store.wakeups();
-        let mut ready = wake.subscribe_tasks();
-        tracing::info!(worker = %this.cfg.id, queues = ?this.cfg.queues, concurrency = this.cfg.concurrency, "worker started");
+        let run = Run {
+            hard_stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            slots: Arc::new(Semaphore::new(this.cfg.concurrency as usize)),
+        };
+        tracing::info!(worker = %this.cfg.id, queues = ?this.cfg.queues, concurrency = this.cfg.concurrency,
+            broker = this.broker.is_some(), "worker started");
 
-        let beat = tokio::spawn(this.clone().heartbeat_loop(hard_stop.clone()));
-        let cancels = tokio::spawn(this.clone().cancel_listener(hard_stop.clone()));
-        let mut failures = 0u32;
-
-        while !shutdown.is_cancelled() {
-            ready.borrow_and_update();
-            let free = slots.available_permits() as u32;
-            let mut wait = this.cfg.max_idle;
-            if free > 0 {
-                let started = Instant::now();
-                let claimed = match this.store.now().await {
-                    Ok(now) => this.claim(free, now).await.map(|c| (now, c)),
-                    Err(e) => Err(e),
-                };
-                match claimed {
-                    Ok((now, claims)) => {
-                        failures = 0;
-                        let got = claims.len() as u32;
-                        for claim in claims {
-                            let permit =
-                                slots.clone().try_acquire_owned().expect("a slot per claim");
-                            let me = this.clone();
-                            let token = hard_stop.child_token();
-                            let hard = hard_stop.clone();
-                            tracker.spawn(async move {
-                                me.execute(claim, token, hard).await;
-                                drop(permit);
-                            });
-                        }
-                        if got == free {
-                            continue; // there may be more; the slots decide
-                        }
-                        if got == 0 {
-                            // Sleep until the earliest waiting task is due (on the store's clock).
-                            if let Ok(Some(at)) = this.store.next_ready_at(&this.cfg.queues).await {
-                                let until = (at - now).to_std().unwrap_or(Duration::ZERO);
-                                wait = wait.min(until.saturating_sub(started.elapsed()));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        if failures == 1 {
-                            tracing::warn!(error = %e, "claim failed; retrying with backoff");
-                        }
-                        wait = Duration::from_millis(250 * u64::from(failures.min(20)));
-                    }
-                }
-            }
-            let free_now = slots.available_permits();
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = ready.changed() => {}
-                _ = tokio::time::sleep(wait) => {}
-                // A slot freed while all were busy: look for more work at once.
-                Ok(p) = slots.clone().acquire_owned(), if free_now == 0 => drop(p),
-            }
+        let beat = tokio::spawn(this.clone().heartbeat_loop(run.hard_stop.clone()));
+        let cancels = tokio::spawn(this.clone().cancel_listener(run.hard_stop.clone()));
+        match this.broker.clone() {
+            None => this.clone().store_loop(&run, &shutdown).await,
+            Some(broker) => this.clone().broker_loop(broker, &run, &shutdown).await,
         }
-
+        let Run {
+            hard_stop, tracker, ..
+        } = run;
         tracker.close();
         let running = this.running.lock().unwrap().len();
         if running > 0 {
@@ -190,6 +160,170 @@ impl Worker {
             tracing::debug!(error = %e, "could not remove the worker row");
         }
         tracing::info!(worker = %this.cfg.id, "worker stopped");
+    }
+
+    /// Spawns one claimed attempt on a slot; `acker` settles its broker message afterwards.
+    fn spawn_attempt(
+        self: &Arc<Self>,
+        run: &Run,
+        claim: Claim,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        acker: Option<Box<dyn Acker>>,
+    ) {
+        let me = self.clone();
+        let token = run.hard_stop.child_token();
+        let hard = run.hard_stop.clone();
+        run.tracker.spawn(async move {
+            me.execute(claim, token, hard).await;
+            if let Some(acker) = acker {
+                if let Err(e) = acker.ack().await {
+                    // The message comes back; the claim will find the task finished and drop it.
+                    tracing::debug!(error = %e, "ack failed");
+                }
+            }
+            drop(permit);
+        });
+    }
+
+    /// The store-queue mode: claim batches straight from the store.
+    async fn store_loop(self: Arc<Self>, run: &Run, shutdown: &CancellationToken) {
+        let mut ready = self.store.wakeups().subscribe_tasks();
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            ready.borrow_and_update();
+            let free = run.slots.available_permits() as u32;
+            let mut wait = self.cfg.max_idle;
+            if free > 0 {
+                let started = Instant::now();
+                let claimed = match self.store.now().await {
+                    Ok(now) => self.claim(free, now).await.map(|c| (now, c)),
+                    Err(e) => Err(e),
+                };
+                match claimed {
+                    Ok((now, claims)) => {
+                        if failures > 0 {
+                            tracing::info!("store reachable again; claiming");
+                        }
+                        failures = 0;
+                        let got = claims.len() as u32;
+                        for claim in claims {
+                            let permit = run
+                                .slots
+                                .clone()
+                                .try_acquire_owned()
+                                .expect("a slot per claim");
+                            self.spawn_attempt(run, claim, permit, None);
+                        }
+                        if got == free {
+                            continue; // there may be more; the slots decide
+                        }
+                        if got == 0 {
+                            // Sleep until the earliest waiting task is due (on the store's clock).
+                            if let Ok(Some(at)) = self.store.next_ready_at(&self.cfg.queues).await {
+                                let until = (at - now).to_std().unwrap_or(Duration::ZERO);
+                                wait = wait.min(until.saturating_sub(started.elapsed()));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 {
+                            tracing::warn!(error = %e, "claim failed; retrying with backoff");
+                        }
+                        wait = Duration::from_millis(250 * u64::from(failures.min(20)));
+                    }
+                }
+            }
+            let free_now = run.slots.available_permits();
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = ready.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+                // A slot freed while all were busy: look for more work at once.
+                Ok(p) = run.slots.clone().acquire_owned(), if free_now == 0 => drop(p),
+            }
+        }
+    }
+
+    /// The broker mode: each delivery is a hint; the task is claimed in the store before it runs and
+    /// the message is acknowledged only after the outcome is committed. A hint whose task cannot be
+    /// claimed (a duplicate, already finished, cancelled) is acknowledged and dropped.
+    async fn broker_loop(
+        self: Arc<Self>,
+        broker: Arc<dyn Broker>,
+        run: &Run,
+        shutdown: &CancellationToken,
+    ) {
+        let prefetch = u16::try_from(self.cfg.concurrency).unwrap_or(u16::MAX);
+        let mut failures = 0u32;
+        'consume: while !shutdown.is_cancelled() {
+            let mut consumer = match broker.consume(&self.cfg.queues, prefetch).await {
+                Ok(c) => {
+                    if failures > 0 {
+                        tracing::info!("broker reachable again; consuming");
+                    }
+                    failures = 0;
+                    c
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(error = %e, "cannot consume from the broker; retrying with backoff");
+                    }
+                    let wait = Duration::from_millis(250 * u64::from(failures.min(20)));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => continue 'consume,
+                    }
+                }
+            };
+            loop {
+                let permit = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    p = run.slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                };
+                let delivery = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    d = consumer.next() => d,
+                };
+                let delivery = match delivery {
+                    Ok(d) => d,
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(error = %e, "broker consumer lost; consuming again");
+                        continue 'consume;
+                    }
+                };
+                let claimed = match self.store.now().await {
+                    Ok(now) => {
+                        self.store
+                            .claim_one(
+                                delivery.hint.task_id,
+                                &self.cfg.id,
+                                now,
+                                self.lease_until(now),
+                            )
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match claimed {
+                    Ok(Some(claim)) => self.spawn_attempt(run, claim, permit, Some(delivery.acker)),
+                    Ok(None) => {
+                        metrics::counter!("idem_deliveries_dropped_total").increment(1);
+                        let _ = delivery.acker.ack().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claim failed; returning the message");
+                        let _ = delivery.acker.requeue().await;
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Runs one claimed attempt to its end and records the outcome.

@@ -638,3 +638,77 @@ pub async fn workers_report_heartbeats(store: S) {
     store.remove_worker(&info.id).await.unwrap();
     assert!(store.list_workers().await.unwrap().is_empty());
 }
+
+pub async fn the_outbox_hands_out_each_queued_task_once_until_redelivery(store: S) {
+    let now = t0();
+    let window = secs(60.0);
+    let out = store
+        .submit(
+            vec![task(now), task(now), task(now), task(now + secs(10.0))],
+            now,
+        )
+        .await
+        .unwrap();
+    let first = store
+        .take_for_dispatch(now, 10, now - window)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 3, "the scheduled task is not due yet");
+    assert!(store
+        .take_for_dispatch(now, 10, now - window)
+        .await
+        .unwrap()
+        .is_empty());
+
+    store.undispatch(&[first[0].task_id]).await.unwrap();
+    let again = store
+        .take_for_dispatch(now, 10, now - window)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.iter().map(|h| h.task_id).collect::<Vec<_>>(),
+        vec![first[0].task_id]
+    );
+
+    // A claimed task needs no message; an unclaimed one is published again after the window, and the
+    // scheduled one once it is due.
+    let claimed = store
+        .claim(&req("w", &["default"], 1, now))
+        .await
+        .unwrap()
+        .remove(0);
+    let later = now + secs(61.0);
+    let redelivered = store
+        .take_for_dispatch(later, 10, later - window)
+        .await
+        .unwrap();
+    let ids: std::collections::HashSet<_> = redelivered.iter().map(|h| h.task_id).collect();
+    assert_eq!(ids.len(), 3);
+    assert!(!ids.contains(&claimed.task.id));
+    assert!(ids.contains(&out[3].task.id));
+
+    // A retry makes the task need a message again when it is due.
+    let at = later + secs(1.0);
+    store
+        .finish(
+            lease(&claimed.task),
+            Finish::Retry {
+                at,
+                error: ErrorInfo::new("error", "x"),
+            },
+            later,
+        )
+        .await
+        .unwrap();
+    assert!(store
+        .take_for_dispatch(later, 10, later - window)
+        .await
+        .unwrap()
+        .is_empty());
+    let retried = store.take_for_dispatch(at, 10, at - window).await.unwrap();
+    assert_eq!(
+        retried.iter().map(|h| h.task_id).collect::<Vec<_>>(),
+        vec![claimed.task.id]
+    );
+    assert_eq!(store.next_ready_at_any().await.unwrap(), None);
+}

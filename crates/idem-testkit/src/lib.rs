@@ -6,6 +6,7 @@
 
 pub mod conformance;
 pub mod fixtures;
+pub mod locks_conformance;
 pub mod services;
 
 /// Generates one `#[tokio::test]` per conformance case for a store factory: an async closure returning
@@ -34,6 +35,7 @@ macro_rules! store_conformance_tests {
             two_schedulers_fire_each_slot_once,
             fires_record_missed_and_skipped_overlap,
             workers_report_heartbeats,
+            the_outbox_hands_out_each_queued_task_once_until_redelivery,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {

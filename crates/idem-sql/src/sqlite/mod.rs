@@ -7,6 +7,7 @@
 //! bound instead.
 
 mod jobs;
+mod locks;
 mod rows;
 mod tasks;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use idem_core::broker::Hint;
 use idem_core::store::{
     ClaimRequest, JobFilter, Lease, Page, PageRequest, QueueDepth, Reaped, TaskFilter,
 };
@@ -285,6 +287,30 @@ impl Store for SqliteStore {
         queues: &[QueueName],
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         tasks::next_ready_at(&self.reader, queues).await
+    }
+
+    async fn take_for_dispatch(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        redeliver_before: DateTime<Utc>,
+    ) -> Result<Vec<Hint>, StoreError> {
+        let mut tx = self.write().await?;
+        let out = tasks::take_for_dispatch(&mut tx, now, limit, redeliver_before).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(out)
+    }
+
+    async fn next_ready_at_any(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        tasks::next_ready_at_any(&self.reader).await
+    }
+
+    async fn undispatch(&self, ids: &[TaskId]) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        tasks::undispatch(&mut tx, ids).await?;
+        tx.commit().await.map_err(db_err)?;
+        self.wakeups.tasks_ready();
+        Ok(())
     }
 
     async fn reap_leases(&self, now: DateTime<Utc>) -> Result<Vec<Reaped>, StoreError> {

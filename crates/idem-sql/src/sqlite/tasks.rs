@@ -2,6 +2,7 @@
 //! cancellation and the lease reaper.
 
 use chrono::{DateTime, Utc};
+use idem_core::broker::Hint;
 use idem_core::store::{ClaimRequest, Lease, Page, PageRequest, Reaped, TaskFilter};
 use idem_core::task::Idempotency;
 use idem_core::time::chrono_secs;
@@ -183,7 +184,10 @@ pub(super) async fn cancel(
 }
 
 /// Makes due scheduled and retrying tasks `queued`.
-async fn promote(tx: &mut SqliteConnection, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub(super) async fn promote(
+    tx: &mut SqliteConnection,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE tasks SET state = 'queued' WHERE state IN ('scheduled', 'retrying') AND run_at <= ?",
     )
@@ -313,7 +317,7 @@ pub(super) async fn finish(
     let row = sqlx::query(
         "UPDATE tasks SET state = ?, result = ?, error_kind = ?, error_message = ?,
              run_at = COALESCE(?, run_at), finished_at = ?, lease_owner = NULL,
-             lease_expires_at = NULL
+             lease_expires_at = NULL, dispatched_at = NULL
          WHERE id = ? AND attempts = ? AND state = 'running'
          RETURNING *",
     )
@@ -346,7 +350,8 @@ pub(super) async fn release(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE tasks SET state = 'queued', run_at = ?, lease_owner = NULL, lease_expires_at = NULL
+        "UPDATE tasks SET state = 'queued', run_at = ?, lease_owner = NULL, lease_expires_at = NULL,
+             dispatched_at = NULL
          WHERE id = ? AND attempts = ? AND state = 'running'",
     )
     .bind(ms(now))
@@ -385,7 +390,7 @@ pub(super) async fn reap(
              finished_at = CASE WHEN attempts > max_retries THEN ?1 ELSE NULL END,
              error_kind = 'lease_expired',
              error_message = 'the worker running this attempt stopped renewing its lease',
-             run_at = ?1, lease_owner = NULL, lease_expires_at = NULL
+             run_at = ?1, lease_owner = NULL, lease_expires_at = NULL, dispatched_at = NULL
          WHERE state = 'running' AND lease_expires_at < ?1
          RETURNING id, state",
     )
@@ -401,4 +406,65 @@ pub(super) async fn reap(
             })
         })
         .collect()
+}
+
+/// The outbox step: marks up to `limit` queued tasks that need a message as published at `now`.
+pub(super) async fn take_for_dispatch(
+    tx: &mut SqliteConnection,
+    now: DateTime<Utc>,
+    limit: u32,
+    redeliver_before: DateTime<Utc>,
+) -> Result<Vec<Hint>, StoreError> {
+    promote(tx, now).await?;
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "UPDATE tasks SET dispatched_at = ?1
+         WHERE id IN (
+             SELECT id FROM tasks
+             WHERE state = 'queued' AND (dispatched_at IS NULL OR dispatched_at < ?2)
+             ORDER BY priority DESC, run_at, id
+             LIMIT ?3)
+         RETURNING id, queue, priority",
+    )
+    .bind(ms(now))
+    .bind(ms(redeliver_before))
+    .bind(i64::from(limit))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    rows.into_iter()
+        .map(|(id, queue, priority)| {
+            Ok(Hint {
+                task_id: id.parse().map_err(|e| rows::corrupt("id", e))?,
+                queue: queue.try_into().map_err(|e| rows::corrupt("queue", e))?,
+                priority: priority as i16,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn undispatch(
+    tx: &mut SqliteConnection,
+    ids: &[TaskId],
+) -> Result<(), StoreError> {
+    let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    sqlx::query(
+        "UPDATE tasks SET dispatched_at = NULL
+         WHERE state = 'queued' AND id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(serde_json::to_string(&ids).expect("strings serialize"))
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub(super) async fn next_ready_at_any(
+    pool: &SqlitePool,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let (at,): (Option<i64>,) =
+        sqlx::query_as("SELECT min(run_at) FROM tasks WHERE state IN ('scheduled', 'retrying')")
+            .fetch_one(pool)
+            .await
+            .map_err(db_err)?;
+    Ok(at.map(idem_core::time::from_ms))
 }

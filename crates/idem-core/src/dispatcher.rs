@@ -1,0 +1,112 @@
+//! The outbox dispatcher (broker mode): publishes a broker message for every queued task that needs
+//! one. A task is committed to the store first and published after, so a crash between the two only
+//! delays the message: the next pass (in any process) publishes it. A message lost inside a failed
+//! broker is published again after `redeliver_after`; a duplicate is dropped by the worker's claim.
+//!
+//! Invariant: a task is marked published only in the same store transaction that hands it to this
+//! dispatcher, and unmarked if the broker does not confirm it, so no queued task is left without a
+//! message for longer than `redeliver_after`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+use crate::ids::TaskId;
+use crate::store::Store;
+
+/// Hints taken and published per round trip.
+pub const DISPATCH_BATCH: u32 = 500;
+
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    broker: Arc<dyn Broker>,
+    /// Republish a still-queued task this long after its last publish.
+    redeliver_after: Duration,
+    /// Longest sleep without a wake-up.
+    max_idle: Duration,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Arc<dyn Store>,
+        broker: Arc<dyn Broker>,
+        redeliver_after: Duration,
+        max_idle: Duration,
+    ) -> Self {
+        Self {
+            store,
+            broker,
+            redeliver_after,
+            max_idle,
+        }
+    }
+
+    /// Publishes one batch; returns how many hints were published.
+    pub async fn run_once(&self) -> Result<usize, String> {
+        let now = self.store.now().await.map_err(|e| e.to_string())?;
+        let redeliver_before =
+            now - chrono::Duration::from_std(self.redeliver_after).unwrap_or_default();
+        let hints = self
+            .store
+            .take_for_dispatch(now, DISPATCH_BATCH, redeliver_before)
+            .await
+            .map_err(|e| e.to_string())?;
+        if hints.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = self.broker.publish(&hints).await {
+            let ids: Vec<TaskId> = hints.iter().map(|h| h.task_id).collect();
+            // Best effort: if this fails too, the redelivery window republishes them.
+            let _ = self.store.undispatch(&ids).await;
+            return Err(e.to_string());
+        }
+        metrics::counter!("idem_dispatched_total").increment(hints.len() as u64);
+        Ok(hints.len())
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut ready = self.store.wakeups().subscribe_tasks();
+        let mut failures = 0u32;
+        loop {
+            ready.borrow_and_update();
+            let wait = match self.run_once().await {
+                Ok(n) if n as u32 == DISPATCH_BATCH => continue,
+                Ok(_) => {
+                    if failures > 0 {
+                        tracing::info!("dispatcher recovered");
+                    }
+                    failures = 0;
+                    self.idle_wait().await
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(error = %e, "dispatch failed; retrying with backoff");
+                    }
+                    Duration::from_millis(250 * u64::from(failures.min(20)))
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ready.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Until the earliest scheduled or retrying task is due (any queue), at most `max_idle`.
+    async fn idle_wait(&self) -> Duration {
+        let Ok(now) = self.store.now().await else {
+            return self.max_idle;
+        };
+        match self.store.next_ready_at_any().await {
+            Ok(Some(at)) => (at - now)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(self.max_idle),
+            _ => self.max_idle,
+        }
+    }
+}
