@@ -66,8 +66,9 @@ pub struct FireList {
     pub items: Vec<FireRecord>,
 }
 
-fn now() -> DateTime<Utc> {
-    idem_core::time::trunc_ms(Utc::now())
+/// The store's clock: due times are compared against it.
+async fn now(st: &AppState) -> Result<DateTime<Utc>, ApiError> {
+    Ok(st.store.now().await?)
 }
 
 /// A fresh job: active with its first fire, or finished when its trigger never fires.
@@ -126,7 +127,7 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(req): ApiJson<CreateJobRequest>,
 ) -> Result<Response, ApiError> {
-    let now = now();
+    let now = now(&st).await?;
     let key = idempotency_header(&headers)?;
     let raw_trigger = req.trigger.clone();
     let (spec, replace) = validate(req, &st.registry, TriggerMode::NormalizeAt(now))?;
@@ -227,7 +228,7 @@ pub async fn patch(
     let Value::Object(patch) = body else {
         return Err(ApiError::invalid("body", "must be a JSON object"));
     };
-    let now = now();
+    let now = now(&st).await?;
     let mut job = load(&st, &id).await?;
     let spec = merge_patch(&job.spec, patch, &st.registry, now)?;
     if spec.trigger != job.spec.trigger {
@@ -281,7 +282,7 @@ pub async fn pause(State(st): State<AppState>, PathId(id): PathId) -> Result<Jso
         return Ok(Json(job));
     }
     job.state = JobState::Paused;
-    job.updated_at = now();
+    job.updated_at = now(&st).await?;
     save(&st, job).await
 }
 
@@ -301,7 +302,7 @@ pub async fn resume(State(st): State<AppState>, PathId(id): PathId) -> Result<Js
         JobState::Active => Ok(Json(job)),
         JobState::Finished => Err(ApiError::conflict("job is finished")),
         JobState::Paused => {
-            let now = now();
+            let now = now(&st).await?;
             job.next_run_at = job.spec.trigger.first_after(now);
             job.state = if job.next_run_at.is_some() {
                 JobState::Active
@@ -327,7 +328,7 @@ pub async fn run(
     PathId(id): PathId,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
     let job = load(&st, &id).await?;
-    let now = now();
+    let now = now(&st).await?;
     let s = &job.spec;
     let key = IdempotencyKey::try_from(format!("job:{}:run:{}", s.id, uuid::Uuid::now_v7()))
         .map_err(|e| ApiError::internal(format!("manual run key: {e}")))?;

@@ -59,6 +59,8 @@ pub struct AppState {
     pub probes: Vec<Arc<dyn Probe>>,
     /// Request bodies larger than this are refused with 413.
     pub max_body_bytes: usize,
+    /// The idempotency cache (Redis), a fast path for replays; `None` asks the store every time.
+    pub cache: Option<Arc<dyn idem_core::locks::IdempotencyCache>>,
 }
 
 impl AppState {
@@ -70,6 +72,7 @@ impl AppState {
             metrics: None,
             probes: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            cache: None,
         }
     }
 }

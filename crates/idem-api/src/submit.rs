@@ -178,6 +178,18 @@ async fn store_all(
     }
 }
 
+/// The idempotency cache's fast path: a key the cache remembers with the same fingerprint is a
+/// replay of its task. Any other answer (a miss, another fingerprint, the cache down) goes to the
+/// store, which decides.
+async fn cached_replay(st: &AppState, task: &NewTask) -> Option<Task> {
+    let (cache, idem) = (st.cache.as_ref()?, task.idempotency.as_ref()?);
+    let (fingerprint, id) = cache.get(idem.key.as_str()).await.ok()??;
+    if fingerprint != idem.fingerprint {
+        return None;
+    }
+    st.store.get_task(id).await.ok()?
+}
+
 /// Submits one task. A replay of an earlier submission (same key, same request, within the key's
 /// TTL) answers 200 with the original task and `Idempotent-Replayed: true`.
 #[utoipa::path(
@@ -195,17 +207,32 @@ pub async fn submit(
     headers: HeaderMap,
     ApiJson(req): ApiJson<SubmitTaskRequest>,
 ) -> Result<Response, ApiError> {
-    let now = idem_core::time::trunc_ms(Utc::now());
+    let now = st.store.now().await?;
     let header_key = idempotency_header(&headers)?;
     let mut c = Checker::new("");
     let task = build(req, header_key, &st.registry, now, &mut c);
     c.finish()?;
     let task = task.ok_or_else(|| ApiError::internal("a valid submission built no task"))?;
+    if let Some(replay) = cached_replay(&st, &task).await {
+        crate::metrics::count_submission(&replay.task, true);
+        return Ok(([(IDEMPOTENT_REPLAYED, "true")], Json(replay)).into_response());
+    }
+    let idempotency = task.idempotency.clone();
     let submitted = store_all(&st, vec![task], now, |_| "idempotency_key".into()).await?;
     let first = submitted
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::internal("submit returned no task"))?;
+    if let (Some(cache), Some(idem), false) = (&st.cache, idempotency, first.replayed) {
+        // A little shorter than the store's record, so the cache never outlives the key.
+        let ttl = idem_core::time::secs_f64(idem.ttl_seconds - 1.0);
+        if let Err(e) = cache
+            .put(idem.key.as_str(), &idem.fingerprint, first.task.id, ttl)
+            .await
+        {
+            tracing::debug!(error = %e, "idempotency cache unavailable");
+        }
+    }
     if first.replayed {
         Ok(([(IDEMPOTENT_REPLAYED, "true")], Json(first.task)).into_response())
     } else {
@@ -235,7 +262,7 @@ pub async fn submit_batch(
             format!("must hold 1 to {MAX_BATCH} tasks, got {n}"),
         ));
     }
-    let now = idem_core::time::trunc_ms(Utc::now());
+    let now = st.store.now().await?;
     let mut errors: Vec<FieldError> = Vec::new();
     let mut tasks = Vec::with_capacity(n);
     for (i, item) in req.items.into_iter().enumerate() {

@@ -9,7 +9,6 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use chrono::Utc;
 use idem_core::store::TaskFilter;
 use idem_core::{ErrorInfo, JobId, Task, TaskId, TaskName, TaskState};
 use serde::{Deserialize, Serialize};
@@ -188,7 +187,7 @@ pub async fn cancel(
     PathId(raw): PathId,
 ) -> Result<Json<Task>, ApiError> {
     let id = task_id(&raw)?;
-    let now = idem_core::time::trunc_ms(Utc::now());
+    let now = st.store.now().await?;
     st.store
         .cancel_task(id, now)
         .await?

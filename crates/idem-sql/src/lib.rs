@@ -3,10 +3,13 @@
 //! `migrations/{dialect}`; both pass the same conformance suite (`idem-testkit`).
 //!
 //! Invariant: every `Store` method is one database transaction; SQL is never assembled with
-//! `format!` (variable-length lists are bound as one JSON array).
+//! `format!` (variable-length lists are bound as one value: a JSON array in SQLite, an array in
+//! PostgreSQL).
 
+pub mod postgres;
 pub mod sqlite;
 
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;
 
 use idem_core::StoreError;

@@ -8,6 +8,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
+use idem_core::broker::Broker;
+use idem_core::dispatcher::Dispatcher;
+use idem_core::locks::{IdempotencyCache, Locks};
 use idem_core::maintenance::Maintenance;
 use idem_core::scheduler::Scheduler;
 use idem_core::worker::{Worker, WorkerConfig};
@@ -58,9 +61,20 @@ impl Roles {
     }
 }
 
-/// Opens the store the configuration names (and migrates it unless told not to).
-pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    match &cfg.store {
+/// The backends one process uses: the store always; a broker and Redis when configured, otherwise
+/// the store's queue table and the store's lease rows stand in.
+#[derive(Clone)]
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub locks: Arc<dyn Locks>,
+    pub cache: Option<Arc<dyn IdempotencyCache>>,
+    pub broker: Option<Arc<dyn Broker>>,
+}
+
+/// Opens the store (migrating it unless told not to), the broker and Redis the configuration
+/// names. Any of them unreachable at start is an error that names its setting.
+pub async fn open_backends(cfg: &Config) -> anyhow::Result<Backends> {
+    let (store, store_locks): (Arc<dyn Store>, Arc<dyn Locks>) = match &cfg.store {
         StoreUrl::Sqlite(url) => {
             let store = idem_sql::SqliteStore::connect(url)
                 .await
@@ -71,11 +85,74 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
                     .await
                     .context("IDEM_DATABASE_URL: migrations failed")?;
             }
-            Ok(Arc::new(store))
+            let store = Arc::new(store);
+            (store.clone(), store)
         }
-        StoreUrl::Postgres(_) => {
-            anyhow::bail!("IDEM_DATABASE_URL: PostgreSQL is not supported yet")
+        StoreUrl::Postgres(url) => {
+            let opts = idem_sql::PgOptions {
+                max_connections: cfg.database_max_connections,
+                ..Default::default()
+            };
+            let store = idem_sql::PgStore::connect(url, opts)
+                .await
+                .context("IDEM_DATABASE_URL: cannot connect to PostgreSQL")?;
+            if cfg.migrate {
+                store
+                    .migrate()
+                    .await
+                    .context("IDEM_DATABASE_URL: migrations failed")?;
+            }
+            let store = Arc::new(store);
+            (store.clone(), store)
         }
+    };
+    let (locks, cache): (Arc<dyn Locks>, Option<Arc<dyn IdempotencyCache>>) = match &cfg.redis {
+        None => (store_locks, None),
+        Some(url) => {
+            let redis = idem_redis::RedisLocks::connect(url, idem_redis::RedisOptions::default())
+                .await
+                .context("IDEM_REDIS_URL: cannot connect to Redis")?;
+            let redis = Arc::new(redis);
+            (redis.clone(), Some(redis))
+        }
+    };
+    let broker: Option<Arc<dyn Broker>> = match &cfg.broker {
+        None => None,
+        Some(url) => Some(Arc::new(
+            idem_amqp::AmqpBroker::connect(url, idem_amqp::AmqpOptions::default())
+                .await
+                .context("IDEM_BROKER_URL: cannot connect to RabbitMQ")?,
+        )),
+    };
+    Ok(Backends {
+        store,
+        locks,
+        cache,
+        broker,
+    })
+}
+
+/// A readiness probe over the broker.
+struct BrokerProbe(Arc<dyn Broker>);
+
+impl idem_api::Probe for BrokerProbe {
+    fn name(&self) -> &'static str {
+        "broker"
+    }
+    fn check(&self) -> idem_api::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.0.ping().await.map_err(|e| e.to_string()) })
+    }
+}
+
+/// A readiness probe over Redis.
+struct RedisProbe(Arc<dyn Locks>);
+
+impl idem_api::Probe for RedisProbe {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+    fn check(&self) -> idem_api::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.0.ping().await.map_err(|e| e.to_string()) })
     }
 }
 
@@ -113,6 +190,22 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Readiness checks beyond the store: the broker and Redis, when configured.
+fn probes(
+    cfg: &Config,
+    broker: &Option<Arc<dyn Broker>>,
+    locks: &Arc<dyn Locks>,
+) -> Vec<Arc<dyn idem_api::Probe>> {
+    let mut probes: Vec<Arc<dyn idem_api::Probe>> = Vec::new();
+    if let Some(b) = broker {
+        probes.push(Arc::new(BrokerProbe(b.clone())));
+    }
+    if cfg.redis.is_some() {
+        probes.push(Arc::new(RedisProbe(locks.clone())));
+    }
+    probes
+}
+
 /// The running roles of one process.
 pub struct Running {
     /// The API's bound address, when the API runs.
@@ -135,13 +228,19 @@ impl Running {
     }
 }
 
-/// Starts the roles on an open store.
+/// Starts the roles on open backends.
 pub async fn start(
     cfg: &Config,
     roles: Roles,
-    store: Arc<dyn Store>,
+    backends: Backends,
     registry: Registry,
 ) -> anyhow::Result<Running> {
+    let Backends {
+        store,
+        locks,
+        cache,
+        broker,
+    } = backends;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let registry = Arc::new(registry);
@@ -157,8 +256,9 @@ pub async fn start(
             store: store.clone(),
             registry: registry.clone(),
             metrics: Some(metrics),
-            probes: Vec::new(),
+            probes: probes(cfg, &broker, &locks),
             max_body_bytes: cfg.max_body_bytes,
+            cache: cache.clone(),
         });
         let stop = shutdown.clone();
         tracker.spawn(async move {
@@ -176,14 +276,20 @@ pub async fn start(
         tracker.spawn(s.run(shutdown.clone()));
     }
     if roles.scheduler || roles.worker {
-        let m = Maintenance::new(store.clone(), cfg.maintenance_every);
+        let m =
+            Maintenance::new(store.clone(), cfg.maintenance_every).with_leader_lease(locks.clone());
         tracker.spawn(m.run(shutdown.clone()));
+    }
+    if let Some(broker) = &broker {
+        // Every role that commits tasks also publishes them; concurrent dispatchers split the work.
+        let d = Dispatcher::new(store.clone(), broker.clone(), cfg.redeliver_after, cfg.poll);
+        tracker.spawn(d.run(shutdown.clone()));
     }
     if roles.worker {
         let host = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "unknown".into());
-        let w = Worker::new(
+        let mut w = Worker::new(
             store.clone(),
             registry.clone(),
             WorkerConfig {
@@ -196,6 +302,9 @@ pub async fn start(
                 max_idle: cfg.poll,
             },
         );
+        if let Some(broker) = &broker {
+            w = w.with_broker(broker.clone());
+        }
         tracker.spawn(w.run(shutdown.clone()));
     }
     Ok(Running {

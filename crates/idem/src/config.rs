@@ -67,6 +67,19 @@ pub struct Settings {
     /// `redis://host:6379/0` selects Redis for locks and the idempotency cache; unset: the store.
     #[arg(long, global = true, env = "IDEM_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Connections in the PostgreSQL pool of each process.
+    #[arg(long, global = true, env = "IDEM_DATABASE_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+    /// With a broker: publish a queued task's message again when it is still unclaimed this long
+    /// after the last publish (a message lost in a broker failure). Duplicates are dropped by the claim.
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_REDELIVER_SECONDS",
+        default_value_t = 300.0
+    )]
+    pub redeliver_seconds: f64,
     /// Tasks run at once by one worker process.
     #[arg(long, global = true, env = "IDEM_WORKER_CONCURRENCY", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -168,6 +181,10 @@ pub enum StoreUrl {
 pub struct Config {
     pub bind: SocketAddr,
     pub store: StoreUrl,
+    pub broker: Option<String>,
+    pub redis: Option<String>,
+    pub database_max_connections: u32,
+    pub redeliver_after: Duration,
     pub queues: Vec<QueueName>,
     pub worker_concurrency: u32,
     pub http_allow_private: bool,
@@ -214,22 +231,42 @@ impl Settings {
                 format!("expected sqlite://PATH or postgres://..., got {url:?}"),
             ));
         };
-        if matches!(store, StoreUrl::Postgres(_)) {
-            return Err(bad(
-                "IDEM_DATABASE_URL",
-                "PostgreSQL is not supported yet in this build; use sqlite://PATH",
-            ));
-        }
-        if self.broker_url.as_deref().is_some_and(|u| !u.is_empty()) {
+        let broker = match self
+            .broker_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            None => None,
+            Some(u) if u.starts_with("amqp://") || u.starts_with("amqps://") => Some(u.to_owned()),
+            Some(u) => {
+                return Err(bad(
+                    "IDEM_BROKER_URL",
+                    format!("expected amqp://user:pass@host:5672/vhost, got {u:?}"),
+                ))
+            }
+        };
+        let redis = match self
+            .redis_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            None => None,
+            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {
+                Some(u.to_owned())
+            }
+            Some(u) => {
+                return Err(bad(
+                    "IDEM_REDIS_URL",
+                    format!("expected redis://host:6379/0, got {u:?}"),
+                ))
+            }
+        };
+        if broker.is_some() && matches!(store, StoreUrl::Sqlite(_)) {
             return Err(bad(
                 "IDEM_BROKER_URL",
-                "RabbitMQ is not supported yet in this build; unset it to use the store's queue",
-            ));
-        }
-        if self.redis_url.as_deref().is_some_and(|u| !u.is_empty()) {
-            return Err(bad(
-                "IDEM_REDIS_URL",
-                "Redis is not supported yet in this build; unset it to use the store",
+                "a broker needs a shared store: set IDEM_DATABASE_URL to postgres://...",
             ));
         }
         if self.api_keys.as_deref().is_some_and(|k| !k.is_empty()) {
@@ -255,6 +292,14 @@ impl Settings {
         Ok(Config {
             bind: self.bind,
             store,
+            broker,
+            redis,
+            database_max_connections: self.database_max_connections,
+            redeliver_after: positive_secs(
+                "IDEM_REDELIVER_SECONDS",
+                self.redeliver_seconds,
+                86_400.0,
+            )?,
             queues,
             worker_concurrency: self.worker_concurrency,
             http_allow_private: self.http_allow_private,

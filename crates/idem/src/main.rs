@@ -36,13 +36,13 @@ async fn shutdown_signal() {
 }
 
 async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
-    let store = app::open_store(&cfg).await?;
+    let backends = app::open_backends(&cfg).await?;
     if command == Command::Migrate {
         tracing::info!("migrations applied");
         return Ok(());
     }
     let registry = app::builtin_registry(&cfg);
-    let running = app::start(&cfg, Roles::of(command), store, registry).await?;
+    let running = app::start(&cfg, Roles::of(command), backends, registry).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown();

@@ -40,9 +40,9 @@ pub async fn spawn_app_on(db: &Path, extra: &[&str]) -> TestApp {
     args.extend_from_slice(extra);
     let cli = Cli::try_parse_from(args).unwrap();
     let cfg = cli.settings.resolve().unwrap();
-    let store = app::open_store(&cfg).await.unwrap();
+    let backends = app::open_backends(&cfg).await.unwrap();
     let registry = app::builtin_registry(&cfg);
-    let running = app::start(&cfg, Roles::of(cli.command), store, registry)
+    let running = app::start(&cfg, Roles::of(cli.command), backends, registry)
         .await
         .unwrap();
     let base = format!("http://{}", running.addr.unwrap());

@@ -1,0 +1,411 @@
+//! The PostgreSQL store: the source of truth shared by any number of API, scheduler and worker
+//! processes.
+//!
+//! Invariants: every `Store` method is one READ COMMITTED transaction; the rows a method competes
+//! for are taken with `FOR UPDATE SKIP LOCKED` (claims, fires, promotion, reaping, expiry) or
+//! decided by a unique key (`ON CONFLICT`: idempotency keys, fire history), so concurrent processes
+//! neither block on each other's work nor do it twice. Each commit that can wake another loop sends
+//! `pg_notify` in the same transaction, and fires this process's wake-ups once it has committed.
+
+mod clock;
+mod connect;
+mod jobs;
+mod locks;
+mod notify;
+mod outbox;
+mod rows;
+mod submit;
+mod tasks;
+mod workers;
+
+pub use connect::{InvalidSchema, PgOptions};
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use idem_core::broker::Hint;
+use idem_core::store::{
+    ClaimRequest, JobFilter, Lease, Page, PageRequest, QueueDepth, Reaped, TaskFilter,
+};
+use idem_core::{
+    Claim, Finish, FireRecord, Job, JobId, NewTask, QueueName, Store, StoreError, Submitted, Task,
+    TaskId, Wakeups, WorkerId, WorkerInfo,
+};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio_util::sync::DropGuard;
+
+use self::clock::DbClock;
+use self::notify::{Channels, Signal};
+use crate::db_err;
+
+/// The store over one PostgreSQL database (and schema). Cheap to clone; the clones share the pool,
+/// the wake-ups and the listener, which stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct PgStore {
+    /// Every method's transaction; already shareable, so clones share it.
+    pool: PgPool,
+    /// For migrations, which run on a connection of their own (see [`PgStore::migrate`]).
+    connect: PgConnectOptions,
+    /// This process's wake-ups, fired after each commit and by the listener for other processes'.
+    wakeups: Arc<Wakeups>,
+    /// Where commits announce themselves (namespaced by schema).
+    channels: Arc<Channels>,
+    /// `now()` without a query per call.
+    clock: Arc<DbClock>,
+    /// Cancels the notification listener when the last clone is dropped.
+    _listener: Arc<DropGuard>,
+}
+
+impl PgStore {
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(db_err)
+    }
+
+    /// Announces `signals` in the transaction, commits it, then fires them in this process.
+    async fn commit(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        signals: &[Signal],
+    ) -> Result<(), StoreError> {
+        if !signals.is_empty() {
+            let (channels, payloads): (Vec<String>, Vec<String>) = signals
+                .iter()
+                .map(|s| self.channels.notification(*s))
+                .unzip();
+            sqlx::query("SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)")
+                .bind(channels)
+                .bind(payloads)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        for s in signals {
+            s.fire(&self.wakeups);
+        }
+        Ok(())
+    }
+
+    /// `submit`'s transaction, run again (whole) when Postgres aborted it for a deadlock: batches
+    /// that share keys in different orders can deadlock, and the loser's retry then sees the
+    /// winner's records.
+    async fn submit_once(
+        &self,
+        batch: Vec<NewTask>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Submitted>, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut out = Vec::with_capacity(batch.len());
+        for (index, t) in batch.into_iter().enumerate() {
+            out.push(submit::submit_one(&mut tx, t, now, index).await?);
+        }
+        let signals: &[Signal] = if out.iter().any(|s| !s.replayed) {
+            &[Signal::Tasks]
+        } else {
+            &[]
+        };
+        self.commit(tx, signals).await?;
+        Ok(out)
+    }
+
+    async fn fire_due_once(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<FireRecord>, StoreError> {
+        let mut tx = self.begin().await?;
+        let fires = jobs::fire_due(&mut tx, now, limit).await?;
+        let signals: &[Signal] = if fires.iter().any(|f| f.task_id.is_some()) {
+            &[Signal::Tasks]
+        } else {
+            &[]
+        };
+        self.commit(tx, signals).await?;
+        Ok(fires)
+    }
+}
+
+/// Binds a list of queue names as one `text[]` (for `= ANY($n)`).
+fn queue_list(queues: &[QueueName]) -> Vec<String> {
+    queues.iter().map(|q| q.as_str().to_owned()).collect()
+}
+
+/// How many times a transaction that Postgres aborted for a deadlock or a serialization failure is
+/// run in all.
+const ATTEMPTS: usize = 3;
+
+/// Whether the error is Postgres aborting a transaction that may succeed when run again.
+fn retryable(e: &StoreError) -> bool {
+    let StoreError::Unavailable(source) = e else {
+        return false;
+    };
+    let Some(sqlx::Error::Database(db)) = source.downcast_ref::<sqlx::Error>() else {
+        return false;
+    };
+    // deadlock_detected, serialization_failure. (No unique violation is retried: every race on a
+    // unique key is an `ON CONFLICT`, so one that escapes is a real duplicate.)
+    matches!(db.code().as_deref(), Some("40P01" | "40001"))
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn wakeups(&self) -> Arc<Wakeups> {
+        self.wakeups.clone()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// The database's clock, from an offset re-measured at most every 10 s (no query per call).
+    async fn now(&self) -> Result<DateTime<Utc>, StoreError> {
+        Ok(self.clock.now(&self.pool).await)
+    }
+
+    async fn create_job(&self, job: Job, replace: bool) -> Result<Job, StoreError> {
+        let mut tx = self.begin().await?;
+        let out = jobs::create(&mut tx, job, replace).await?;
+        self.commit(tx, &[Signal::Jobs]).await?;
+        Ok(out)
+    }
+
+    async fn get_job(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        jobs::get(&self.pool, id).await
+    }
+
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Job>, StoreError> {
+        jobs::list(&self.pool, filter, page).await
+    }
+
+    async fn update_job(&self, job: Job) -> Result<Option<Job>, StoreError> {
+        let mut tx = self.begin().await?;
+        let out = jobs::update(&mut tx, job).await?;
+        self.commit(tx, &[Signal::Jobs]).await?;
+        Ok(out)
+    }
+
+    async fn delete_job(&self, id: &JobId) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let out = jobs::delete(&mut tx, id).await?;
+        self.commit(tx, &[Signal::Jobs]).await?;
+        Ok(out)
+    }
+
+    async fn job_runs(&self, id: &JobId, limit: u32) -> Result<Vec<FireRecord>, StoreError> {
+        jobs::runs(&self.pool, id, limit).await
+    }
+
+    async fn fire_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<FireRecord>, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.fire_due_once(now, limit).await {
+                Err(e) if attempt < ATTEMPTS && retryable(&e) => attempt += 1,
+                out => return out,
+            }
+        }
+    }
+
+    async fn next_fire_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        jobs::next_fire_at(&self.pool).await
+    }
+
+    async fn submit(
+        &self,
+        batch: Vec<NewTask>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Submitted>, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.submit_once(batch.clone(), now).await {
+                Err(e) if attempt < ATTEMPTS && retryable(&e) => attempt += 1,
+                out => return out,
+            }
+        }
+    }
+
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        tasks::get(&self.pool, id).await
+    }
+
+    async fn list_tasks(
+        &self,
+        filter: &TaskFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Task>, StoreError> {
+        tasks::list(&self.pool, filter, page).await
+    }
+
+    async fn cancel_task(
+        &self,
+        id: TaskId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Task>, StoreError> {
+        let mut tx = self.begin().await?;
+        let out = tasks::cancel(&mut tx, id, now).await?;
+        let mut signals = Vec::new();
+        if let Some((task, was_running)) = &out {
+            if was_running.is_some() {
+                signals.push(Signal::Cancelled(task.id));
+            }
+            if task.state.is_final() {
+                signals.push(Signal::Finished);
+            }
+        }
+        self.commit(tx, &signals).await?;
+        Ok(out.map(|(t, _)| t))
+    }
+
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Claim>, StoreError> {
+        let mut tx = self.begin().await?;
+        let out = tasks::claim(&mut tx, req).await?;
+        self.commit(tx, &[]).await?;
+        Ok(out)
+    }
+
+    async fn claim_one(
+        &self,
+        id: TaskId,
+        worker: &WorkerId,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<Claim>, StoreError> {
+        let mut tx = self.begin().await?;
+        let out = tasks::claim_one(&mut tx, id, worker, now, lease_until).await?;
+        self.commit(tx, &[]).await?;
+        Ok(out)
+    }
+
+    async fn renew_leases(
+        &self,
+        worker: &WorkerId,
+        leases: &[Lease],
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Lease>, StoreError> {
+        let mut tx = self.begin().await?;
+        let out = tasks::renew(&mut tx, worker, leases, lease_until).await?;
+        self.commit(tx, &[]).await?;
+        Ok(out)
+    }
+
+    async fn finish(
+        &self,
+        lease: Lease,
+        finish: Finish,
+        now: DateTime<Utc>,
+    ) -> Result<Task, StoreError> {
+        let mut tx = self.begin().await?;
+        let task = tasks::finish(&mut tx, lease, finish, now).await?;
+        let signal = if task.state.is_final() {
+            Signal::Finished
+        } else {
+            Signal::Tasks
+        };
+        self.commit(tx, &[signal]).await?;
+        Ok(task)
+    }
+
+    async fn release(&self, lease: Lease, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        tasks::release(&mut tx, lease, now).await?;
+        self.commit(tx, &[Signal::Tasks]).await
+    }
+
+    async fn next_ready_at(
+        &self,
+        queues: &[QueueName],
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        tasks::next_ready_at(&self.pool, queues).await
+    }
+
+    async fn take_for_dispatch(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        redeliver_before: DateTime<Utc>,
+    ) -> Result<Vec<Hint>, StoreError> {
+        let mut tx = self.begin().await?;
+        let out = outbox::take_for_dispatch(&mut tx, now, limit, redeliver_before).await?;
+        self.commit(tx, &[]).await?;
+        Ok(out)
+    }
+
+    async fn next_ready_at_any(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        outbox::next_ready_at_any(&self.pool).await
+    }
+
+    async fn undispatch(&self, ids: &[TaskId]) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        outbox::undispatch(&mut tx, ids).await?;
+        self.commit(tx, &[Signal::Tasks]).await
+    }
+
+    async fn reap_leases(&self, now: DateTime<Utc>) -> Result<Vec<Reaped>, StoreError> {
+        let mut tx = self.begin().await?;
+        let out = tasks::reap(&mut tx, now).await?;
+        let signals: &[Signal] = if out.is_empty() {
+            &[]
+        } else {
+            &[Signal::Tasks, Signal::Finished]
+        };
+        self.commit(tx, signals).await?;
+        Ok(out)
+    }
+
+    async fn expire_tasks(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let n = tasks::expire(&mut tx, now).await?;
+        let signals: &[Signal] = if n > 0 { &[Signal::Finished] } else { &[] };
+        self.commit(tx, signals).await?;
+        Ok(n)
+    }
+
+    async fn prune(
+        &self,
+        now: DateTime<Utc>,
+        workers_before: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let keys = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let workers = sqlx::query("DELETE FROM workers WHERE last_heartbeat_at < $1")
+            .bind(workers_before)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        self.commit(tx, &[]).await?;
+        Ok(keys.rows_affected() + workers.rows_affected())
+    }
+
+    async fn worker_heartbeat(&self, info: &WorkerInfo) -> Result<(), StoreError> {
+        workers::heartbeat(&self.pool, info).await
+    }
+
+    async fn remove_worker(&self, id: &WorkerId) -> Result<(), StoreError> {
+        workers::remove(&self.pool, id).await
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        workers::list(&self.pool).await
+    }
+
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
+        workers::queue_depths(&self.pool).await
+    }
+}
