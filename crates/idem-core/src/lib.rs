@@ -5,6 +5,7 @@
 //! wall clock except the engines' loops, which pass `now` into every pure function and store call.
 
 pub mod broker;
+pub mod completer;
 pub mod dispatcher;
 pub mod handler;
 pub mod ids;

@@ -10,7 +10,7 @@
 //!   rest back to the queue (`release`), so nothing it held is lost or waits for a lease to expire.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{Acker, Broker};
+use crate::completer::Completer;
 use crate::handler::{Registry, TaskContext, TaskError};
 use crate::ids::{QueueName, TaskId, WorkerId};
 use crate::retry::backoff;
@@ -74,6 +75,8 @@ pub struct Worker {
     cfg: WorkerConfig,
     /// Where work comes from: `None` claims from the store's queue table; a broker delivers hints.
     broker: Option<Arc<dyn Broker>>,
+    /// Writes outcomes in groups; started by the first outcome.
+    completer: OnceLock<Completer>,
     running: Arc<Mutex<HashMap<TaskId, Running>>>,
     started_at: DateTime<Utc>,
 }
@@ -92,6 +95,7 @@ impl Worker {
             registry,
             cfg,
             broker: None,
+            completer: OnceLock::new(),
             running: Arc::default(),
             started_at: Utc::now(),
         }
@@ -433,12 +437,10 @@ impl Worker {
         let deadline = Instant::now() + self.cfg.lease;
         let mut delay = Duration::from_millis(50);
         loop {
-            let now = self
-                .store
-                .now()
-                .await
-                .unwrap_or_else(|_| crate::time::trunc_ms(Utc::now()));
-            match self.store.finish(lease, finish.clone(), now).await {
+            let completer = self
+                .completer
+                .get_or_init(|| Completer::start(self.store.clone()));
+            match completer.finish(lease, finish.clone()).await {
                 Ok(_) => return,
                 Err(StoreError::Fenced { .. }) => {
                     metrics::counter!("idem_finish_fenced_total").increment(1);

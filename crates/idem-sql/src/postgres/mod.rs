@@ -318,6 +318,31 @@ impl Store for PgStore {
         Ok(task)
     }
 
+    async fn finish_many(
+        &self,
+        items: Vec<(Lease, Finish)>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut out = Vec::with_capacity(items.len());
+        for (lease, finish) in items {
+            out.push(match tasks::finish(&mut tx, lease, finish, now).await {
+                Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
+                r => r,
+            });
+        }
+        let ok: Vec<&Task> = out.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let mut signals = Vec::new();
+        if ok.iter().any(|t| t.state.is_final()) {
+            signals.push(Signal::Finished);
+        }
+        if ok.iter().any(|t| !t.state.is_final()) {
+            signals.push(Signal::Tasks);
+        }
+        self.commit(tx, &signals).await?;
+        Ok(out)
+    }
+
     async fn release(&self, lease: Lease, now: DateTime<Utc>) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         tasks::release(&mut tx, lease, now).await?;

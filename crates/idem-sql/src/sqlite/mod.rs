@@ -274,6 +274,35 @@ impl Store for SqliteStore {
         Ok(task)
     }
 
+    async fn finish_many(
+        &self,
+        items: Vec<(Lease, Finish)>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+        let mut tx = self.write().await?;
+        let mut out = Vec::with_capacity(items.len());
+        for (lease, finish) in items {
+            out.push(match tasks::finish(&mut tx, lease, finish, now).await {
+                Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
+                r => r,
+            });
+        }
+        tx.commit().await.map_err(db_err)?;
+        let ok = out.iter().filter_map(|r| r.as_ref().ok());
+        let (mut finished, mut ready) = (false, false);
+        for t in ok {
+            finished |= t.state.is_final();
+            ready |= !t.state.is_final();
+        }
+        if finished {
+            self.wakeups.task_finished();
+        }
+        if ready {
+            self.wakeups.tasks_ready();
+        }
+        Ok(out)
+    }
+
     async fn release(&self, lease: Lease, now: DateTime<Utc>) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         tasks::release(&mut tx, lease, now).await?;

@@ -127,26 +127,42 @@ where
     row.as_ref().map(rows::task).transpose()
 }
 
-/// Newest first; the cursor is the last id of the previous page.
+/// Newest first; the cursor is the last id of the previous page. A state filter reads the
+/// `(state, id)` index, a job filter the `(job_id, state)` one; otherwise the primary key.
 pub(super) async fn list(
     pool: &SqlitePool,
     f: &TaskFilter,
     page: &PageRequest,
 ) -> Result<Page<Task>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT * FROM tasks
-         WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR task = ?2)
-           AND (?3 IS NULL OR job_id = ?3) AND (?4 IS NULL OR id < ?4)
-         ORDER BY id DESC LIMIT ?5",
-    )
-    .bind(f.state.map(|s| s.as_str()))
-    .bind(f.task.as_ref().map(|t| t.as_str()))
-    .bind(f.job_id.as_ref().map(|j| j.as_str()))
-    .bind(page.after.as_deref())
-    .bind(i64::from(page.limit) + 1)
-    .fetch_all(pool)
-    .await
-    .map_err(db_err)?;
+    let query = match (&f.state, &f.job_id) {
+        (Some(_), _) => sqlx::query(
+            "SELECT * FROM tasks INDEXED BY tasks_state
+             WHERE state = ?1 AND (?2 IS NULL OR task = ?2)
+               AND (?3 IS NULL OR job_id = ?3) AND (?4 IS NULL OR id < ?4)
+             ORDER BY id DESC LIMIT ?5",
+        ),
+        (None, Some(_)) => sqlx::query(
+            "SELECT * FROM tasks
+             WHERE ?1 IS NULL AND (?2 IS NULL OR task = ?2)
+               AND job_id = ?3 AND (?4 IS NULL OR id < ?4)
+             ORDER BY id DESC LIMIT ?5",
+        ),
+        (None, None) => sqlx::query(
+            "SELECT * FROM tasks
+             WHERE ?1 IS NULL AND (?2 IS NULL OR task = ?2)
+               AND ?3 IS NULL AND (?4 IS NULL OR id < ?4)
+             ORDER BY id DESC LIMIT ?5",
+        ),
+    };
+    let rows = query
+        .bind(f.state.map(|s| s.as_str()))
+        .bind(f.task.as_ref().map(|t| t.as_str()))
+        .bind(f.job_id.as_ref().map(|j| j.as_str()))
+        .bind(page.after.as_deref())
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(pool)
+        .await
+        .map_err(db_err)?;
     let mut items = rows.iter().map(rows::task).collect::<Result<Vec<_>, _>>()?;
     let next_cursor = if items.len() > page.limit as usize {
         items.truncate(page.limit as usize);
@@ -203,40 +219,47 @@ pub(super) async fn claim(
     req: &ClaimRequest,
 ) -> Result<Vec<Claim>, StoreError> {
     promote(tx, req.now).await?;
-    let rows = sqlx::query(
-        "UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = ?1,
-             lease_owner = ?2, lease_expires_at = ?3
-         WHERE id IN (
-             SELECT id FROM tasks
-             WHERE state = 'queued' AND queue IN (SELECT value FROM json_each(?4))
-               AND (expires_at IS NULL OR expires_at > ?1)
+    // The best `limit` candidates of each queue come off the ordered index `tasks_queued`
+    // (an `IN` over several queues would scan and sort every queued task); the best `limit` of
+    // those are claimed.
+    let mut candidates: Vec<(i64, i64, String)> = Vec::new();
+    for queue in &req.queues {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT id, priority, run_at FROM tasks
+             WHERE state = 'queued' AND queue = ?1 AND (expires_at IS NULL OR expires_at > ?2)
              ORDER BY priority DESC, run_at, id
-             LIMIT ?5)
-         RETURNING *",
-    )
-    .bind(ms(req.now))
-    .bind(&req.worker.0)
-    .bind(ms(req.lease_until))
-    .bind(queue_list(&req.queues))
-    .bind(i64::from(req.limit))
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    let mut claims = rows
-        .iter()
-        .map(|r| {
-            Ok(Claim {
-                task: rows::task(r)?,
-                lease_until: req.lease_until,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    claims.sort_by(|a, b| {
-        b.task
-            .priority
-            .cmp(&a.task.priority)
-            .then(a.task.scheduled_at.cmp(&b.task.scheduled_at))
-    });
+             LIMIT ?3",
+        )
+        .bind(queue.as_str())
+        .bind(ms(req.now))
+        .bind(i64::from(req.limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        candidates.extend(rows.into_iter().map(|(id, p, at)| (-p, at, id)));
+    }
+    candidates.sort();
+    candidates.truncate(req.limit as usize);
+    let mut claims = Vec::with_capacity(candidates.len());
+    for (_, _, id) in candidates {
+        let row = sqlx::query(
+            "UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = ?1,
+                 lease_owner = ?2, lease_expires_at = ?3
+             WHERE id = ?4
+             RETURNING *",
+        )
+        .bind(ms(req.now))
+        .bind(&req.worker.0)
+        .bind(ms(req.lease_until))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        claims.push(Claim {
+            task: rows::task(&row)?,
+            lease_until: req.lease_until,
+        });
+    }
     Ok(claims)
 }
 
