@@ -1,11 +1,12 @@
 //! The outbox dispatcher (broker mode): publishes a broker message for every queued task that needs
-//! one. A task is committed to the store first and published after, so a crash between the two only
-//! delays the message: the next pass (in any process) publishes it. A message lost inside a failed
-//! broker is published again after `redeliver_after`; a duplicate is dropped by the worker's claim.
+//! one. A task is committed to the store first and published after. Taking a batch marks it with a
+//! short publish lease; the broker's confirm records the publish. A crash or a broker failure before
+//! the confirm only delays the message by the lease: any dispatcher then publishes it. A message lost
+//! inside a failed broker after its confirm is published again after `redeliver_after`; a duplicate
+//! is dropped by the worker's claim.
 //!
-//! Invariant: a task is marked published only in the same store transaction that hands it to this
-//! dispatcher, and unmarked if the broker does not confirm it, so no queued task is left without a
-//! message for longer than `redeliver_after`.
+//! Invariant: no queued task is without a confirmed message for longer than the publish lease
+//! (while a broker answers), or without any message for longer than `redeliver_after`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,9 @@ use crate::store::Store;
 
 /// Hints taken and published per round trip.
 pub const DISPATCH_BATCH: u32 = 500;
+
+/// How long a dispatcher may take to get a batch confirmed before another may publish it.
+pub const PUBLISH_LEASE: Duration = Duration::from_secs(10);
 
 pub struct Dispatcher {
     store: Arc<dyn Store>,
@@ -46,22 +50,32 @@ impl Dispatcher {
     /// Publishes one batch; returns how many hints were published.
     pub async fn run_once(&self) -> Result<usize, String> {
         let now = self.store.now().await.map_err(|e| e.to_string())?;
-        let redeliver_before =
-            now - chrono::Duration::from_std(self.redeliver_after).unwrap_or_default();
+        let window = chrono::Duration::from_std(self.redeliver_after).unwrap_or_default();
+        let lease = chrono::Duration::from_std(PUBLISH_LEASE)
+            .unwrap_or_default()
+            .min(window);
+        // Marked so that the task is eligible again one publish lease from now: if this process
+        // dies before the broker confirms, another dispatcher takes the task over then.
+        let mark = now - window + lease;
         let hints = self
             .store
-            .take_for_dispatch(now, DISPATCH_BATCH, redeliver_before)
+            .take_for_dispatch(now, DISPATCH_BATCH, now - window, mark)
             .await
             .map_err(|e| e.to_string())?;
         if hints.is_empty() {
             return Ok(0);
         }
-        if let Err(e) = self.broker.publish(&hints).await {
-            let ids: Vec<TaskId> = hints.iter().map(|h| h.task_id).collect();
-            // Best effort: if this fails too, the redelivery window republishes them.
-            let _ = self.store.undispatch(&ids).await;
-            return Err(e.to_string());
-        }
+        // On failure the marks stay: the tasks are taken again after the publish lease, which is
+        // the backoff (an immediate retry would spin while the broker is down).
+        self.broker
+            .publish(&hints)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ids: Vec<TaskId> = hints.iter().map(|h| h.task_id).collect();
+        let confirmed = self.store.now().await.unwrap_or(now);
+        // If this fails, the provisional mark stands: a duplicate message after the publish
+        // lease, which the worker's claim drops.
+        let _ = self.store.confirm_dispatch(&ids, confirmed).await;
         metrics::counter!("idem_dispatched_total").increment(hints.len() as u64);
         Ok(hints.len())
     }
@@ -73,11 +87,12 @@ impl Dispatcher {
             ready.borrow_and_update();
             let wait = match self.run_once().await {
                 Ok(n) if n as u32 == DISPATCH_BATCH => continue,
-                Ok(_) => {
-                    if failures > 0 {
-                        tracing::info!("dispatcher recovered");
+                Ok(n) => {
+                    // Only a publish proves the broker is back; an empty pass proves nothing.
+                    if n > 0 && failures > 0 {
+                        tracing::info!(after_failures = failures, "dispatcher recovered");
+                        failures = 0;
                     }
-                    failures = 0;
                     self.idle_wait().await
                 }
                 Err(e) => {

@@ -215,14 +215,17 @@ pub trait Store: Send + Sync + 'static {
     // --- the outbox (broker mode) ----------------------------------------------------------
 
     /// Takes up to `limit` queued tasks that still need a broker message — never published, or
-    /// published before `redeliver_before` and still not claimed (a message lost with a broker
-    /// failure) — after making due scheduled and retrying tasks `queued`. The taken tasks are marked
-    /// published at `now` in the same transaction, so concurrent dispatchers split the work.
+    /// last marked before `redeliver_before` and still not claimed — after making due scheduled and
+    /// retrying tasks `queued`. The taken tasks are marked at `mark` in the same transaction, so
+    /// concurrent dispatchers split the work. The caller chooses `mark` so that the task becomes
+    /// eligible again soon (a publish lease): if the dispatcher dies before the broker confirms,
+    /// another one takes the task over after that lease; `confirm_dispatch` then records the publish.
     async fn take_for_dispatch(
         &self,
         _now: DateTime<Utc>,
         _limit: u32,
         _redeliver_before: DateTime<Utc>,
+        _mark: DateTime<Utc>,
     ) -> Result<Vec<Hint>, StoreError> {
         Err(StoreError::Unavailable("this store has no outbox".into()))
     }
@@ -230,8 +233,13 @@ pub trait Store: Send + Sync + 'static {
     async fn next_ready_at_any(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         Err(StoreError::Unavailable("this store has no outbox".into()))
     }
-    /// Marks tasks whose publish failed as unpublished again.
-    async fn undispatch(&self, _ids: &[TaskId]) -> Result<(), StoreError> {
+    /// Records that the broker confirmed these tasks' messages at `at`: they are published again only
+    /// if still unclaimed a whole redelivery window later.
+    async fn confirm_dispatch(
+        &self,
+        _ids: &[TaskId],
+        _at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         Err(StoreError::Unavailable("this store has no outbox".into()))
     }
 

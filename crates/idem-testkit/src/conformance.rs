@@ -29,7 +29,7 @@ fn req(worker: &str, queues: &[&str], limit: u32, now: DateTime<Utc>) -> ClaimRe
     }
 }
 
-fn lease(t: &idem_core::Task) -> Lease {
+fn lease_of(t: &idem_core::Task) -> Lease {
     Lease {
         task_id: t.id,
         attempt: t.attempts,
@@ -253,7 +253,11 @@ pub async fn a_finish_from_a_superseded_attempt_is_rejected(store: S) {
         .remove(0);
     assert_eq!(second.task.attempts, 2);
     let stale = store
-        .finish(lease(&first.task), Finish::Succeeded(json!("late")), later)
+        .finish(
+            lease_of(&first.task),
+            Finish::Succeeded(json!("late")),
+            later,
+        )
         .await
         .unwrap_err();
     assert!(
@@ -261,7 +265,11 @@ pub async fn a_finish_from_a_superseded_attempt_is_rejected(store: S) {
         "{stale:?}"
     );
     let done = store
-        .finish(lease(&second.task), Finish::Succeeded(json!("ok")), later)
+        .finish(
+            lease_of(&second.task),
+            Finish::Succeeded(json!("ok")),
+            later,
+        )
         .await
         .unwrap();
     assert_eq!(done.state, TaskState::Succeeded);
@@ -269,7 +277,7 @@ pub async fn a_finish_from_a_superseded_attempt_is_rejected(store: S) {
     // A second finish of the same attempt is refused too: completion is recorded once.
     let again = store
         .finish(
-            lease(&second.task),
+            lease_of(&second.task),
             Finish::Succeeded(json!("twice")),
             later,
         )
@@ -333,7 +341,7 @@ pub async fn a_retry_waits_for_its_backoff(store: S) {
     let at = now + secs(2.0);
     let t = store
         .finish(
-            lease(&c.task),
+            lease_of(&c.task),
             Finish::Retry {
                 at,
                 error: ErrorInfo::new("error", "boom"),
@@ -373,7 +381,7 @@ pub async fn cancel_stops_queued_and_fences_running_tasks(store: S) {
     let cancelled = store.cancel_task(c.task.id, now).await.unwrap().unwrap();
     assert_eq!(cancelled.state, TaskState::Cancelled);
     let late = store
-        .finish(lease(&c.task), Finish::Succeeded(json!(1)), now)
+        .finish(lease_of(&c.task), Finish::Succeeded(json!(1)), now)
         .await
         .unwrap_err();
     assert!(matches!(late, StoreError::Fenced { .. }));
@@ -409,7 +417,7 @@ pub async fn renewal_reports_lost_leases(store: S) {
     let now = t0();
     store.submit(vec![task(now), task(now)], now).await.unwrap();
     let claims = store.claim(&req("a", &["default"], 2, now)).await.unwrap();
-    let leases: Vec<_> = claims.iter().map(|c| lease(&c.task)).collect();
+    let leases: Vec<_> = claims.iter().map(|c| lease_of(&c.task)).collect();
     store.cancel_task(claims[1].task.id, now).await.unwrap();
     let w = WorkerId("a".into());
     let lost = store
@@ -433,7 +441,7 @@ pub async fn release_hands_a_task_back(store: S) {
         .await
         .unwrap()
         .remove(0);
-    store.release(lease(&c.task), now).await.unwrap();
+    store.release(lease_of(&c.task), now).await.unwrap();
     let again = store
         .claim(&req("b", &["default"], 1, now))
         .await
@@ -642,56 +650,62 @@ pub async fn workers_report_heartbeats(store: S) {
 pub async fn the_outbox_hands_out_each_queued_task_once_until_redelivery(store: S) {
     let now = t0();
     let window = secs(60.0);
+    let lease = secs(10.0);
+    // What a dispatcher does at `t`: take with a publish lease.
+    let take = |t: DateTime<Utc>| {
+        let store = store.clone();
+        async move {
+            let hints = store
+                .take_for_dispatch(t, 10, t - window, t - window + lease)
+                .await
+                .unwrap();
+            hints
+                .into_iter()
+                .map(|h| h.task_id)
+                .collect::<std::collections::HashSet<_>>()
+        }
+    };
     let out = store
         .submit(
-            vec![task(now), task(now), task(now), task(now + secs(10.0))],
+            vec![task(now), task(now), task(now), task(now + secs(30.0))],
             now,
         )
         .await
         .unwrap();
-    let first = store
-        .take_for_dispatch(now, 10, now - window)
-        .await
-        .unwrap();
+    let ids: Vec<_> = out.iter().map(|s| s.task.id).collect();
+    let first = take(now).await;
     assert_eq!(first.len(), 3, "the scheduled task is not due yet");
-    assert!(store
-        .take_for_dispatch(now, 10, now - window)
-        .await
-        .unwrap()
-        .is_empty());
-
-    store.undispatch(&[first[0].task_id]).await.unwrap();
-    let again = store
-        .take_for_dispatch(now, 10, now - window)
-        .await
-        .unwrap();
-    assert_eq!(
-        again.iter().map(|h| h.task_id).collect::<Vec<_>>(),
-        vec![first[0].task_id]
+    assert!(
+        take(now).await.is_empty(),
+        "taken tasks are not handed out twice"
     );
 
-    // A claimed task needs no message; an unclaimed one is published again after the window, and the
-    // scheduled one once it is due.
+    // Two are confirmed; the third's dispatcher died before the confirm: after the publish lease,
+    // another dispatcher takes it over, and only it.
+    store.confirm_dispatch(&ids[..2], now).await.unwrap();
+    assert!(take(now + secs(9.0)).await.is_empty());
+    let t1 = now + secs(11.0);
+    assert_eq!(take(t1).await, [ids[2]].into_iter().collect());
+    store.confirm_dispatch(&ids[2..3], t1).await.unwrap();
+
+    // A claimed task needs no message; confirmed ones still unclaimed are published again after the
+    // redelivery window, and the scheduled one once it is due.
     let claimed = store
-        .claim(&req("w", &["default"], 1, now))
+        .claim(&req("w", &["default"], 1, t1))
         .await
         .unwrap()
         .remove(0);
     let later = now + secs(61.0);
-    let redelivered = store
-        .take_for_dispatch(later, 10, later - window)
-        .await
-        .unwrap();
-    let ids: std::collections::HashSet<_> = redelivered.iter().map(|h| h.task_id).collect();
-    assert_eq!(ids.len(), 3);
-    assert!(!ids.contains(&claimed.task.id));
-    assert!(ids.contains(&out[3].task.id));
+    let redelivered = take(later).await;
+    assert!(!redelivered.contains(&claimed.task.id));
+    assert!(redelivered.contains(&ids[3]), "the scheduled task, now due");
+    assert_eq!(redelivered.len(), 2, "{redelivered:?}");
 
     // A retry makes the task need a message again when it is due.
     let at = later + secs(1.0);
     store
         .finish(
-            lease(&claimed.task),
+            lease_of(&claimed.task),
             Finish::Retry {
                 at,
                 error: ErrorInfo::new("error", "x"),
@@ -700,15 +714,7 @@ pub async fn the_outbox_hands_out_each_queued_task_once_until_redelivery(store: 
         )
         .await
         .unwrap();
-    assert!(store
-        .take_for_dispatch(later, 10, later - window)
-        .await
-        .unwrap()
-        .is_empty());
-    let retried = store.take_for_dispatch(at, 10, at - window).await.unwrap();
-    assert_eq!(
-        retried.iter().map(|h| h.task_id).collect::<Vec<_>>(),
-        vec![claimed.task.id]
-    );
+    assert!(take(later).await.is_empty());
+    assert_eq!(take(at).await, [claimed.task.id].into_iter().collect());
     assert_eq!(store.next_ready_at_any().await.unwrap(), None);
 }

@@ -361,9 +361,10 @@ impl Store for PgStore {
         now: DateTime<Utc>,
         limit: u32,
         redeliver_before: DateTime<Utc>,
+        mark: DateTime<Utc>,
     ) -> Result<Vec<Hint>, StoreError> {
         let mut tx = self.begin().await?;
-        let out = outbox::take_for_dispatch(&mut tx, now, limit, redeliver_before).await?;
+        let out = outbox::take_for_dispatch(&mut tx, now, limit, redeliver_before, mark).await?;
         self.commit(tx, &[]).await?;
         Ok(out)
     }
@@ -372,10 +373,10 @@ impl Store for PgStore {
         outbox::next_ready_at_any(&self.pool).await
     }
 
-    async fn undispatch(&self, ids: &[TaskId]) -> Result<(), StoreError> {
+    async fn confirm_dispatch(&self, ids: &[TaskId], at: DateTime<Utc>) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        outbox::undispatch(&mut tx, ids).await?;
-        self.commit(tx, &[Signal::Tasks]).await
+        outbox::confirm_dispatch(&mut tx, ids, at).await?;
+        self.commit(tx, &[]).await
     }
 
     async fn reap_leases(&self, now: DateTime<Utc>) -> Result<Vec<Reaped>, StoreError> {

@@ -22,6 +22,7 @@ pub(super) async fn take_for_dispatch(
     now: DateTime<Utc>,
     limit: u32,
     redeliver_before: DateTime<Utc>,
+    mark: DateTime<Utc>,
 ) -> Result<Vec<Hint>, StoreError> {
     tasks::promote(tx, None, now).await?;
     let rows: Vec<(String, String, i16, DateTime<Utc>)> = sqlx::query_as(
@@ -35,7 +36,7 @@ pub(super) async fn take_for_dispatch(
              FOR UPDATE SKIP LOCKED)
          RETURNING id, queue, priority, run_at",
     )
-    .bind(now)
+    .bind(mark)
     .bind(redeliver_before)
     .bind(i64::from(limit))
     .fetch_all(&mut *tx)
@@ -55,11 +56,16 @@ pub(super) async fn take_for_dispatch(
         .collect()
 }
 
-/// Marks queued tasks whose publish failed as unpublished again.
-pub(super) async fn undispatch(tx: &mut PgConnection, ids: &[TaskId]) -> Result<(), StoreError> {
+/// Records the confirmed publish time of queued tasks.
+pub(super) async fn confirm_dispatch(
+    tx: &mut PgConnection,
+    ids: &[TaskId],
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
     let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-    sqlx::query("UPDATE tasks SET dispatched_at = NULL WHERE state = 'queued' AND id = ANY($1)")
+    sqlx::query("UPDATE tasks SET dispatched_at = $2 WHERE state = 'queued' AND id = ANY($1)")
         .bind(ids)
+        .bind(at)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;

@@ -323,9 +323,10 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         limit: u32,
         redeliver_before: DateTime<Utc>,
+        mark: DateTime<Utc>,
     ) -> Result<Vec<Hint>, StoreError> {
         let mut tx = self.write().await?;
-        let out = tasks::take_for_dispatch(&mut tx, now, limit, redeliver_before).await?;
+        let out = tasks::take_for_dispatch(&mut tx, now, limit, redeliver_before, mark).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(out)
     }
@@ -334,11 +335,10 @@ impl Store for SqliteStore {
         tasks::next_ready_at_any(&self.reader).await
     }
 
-    async fn undispatch(&self, ids: &[TaskId]) -> Result<(), StoreError> {
+    async fn confirm_dispatch(&self, ids: &[TaskId], at: DateTime<Utc>) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
-        tasks::undispatch(&mut tx, ids).await?;
+        tasks::confirm_dispatch(&mut tx, ids, at).await?;
         tx.commit().await.map_err(db_err)?;
-        self.wakeups.tasks_ready();
         Ok(())
     }
 

@@ -431,12 +431,13 @@ pub(super) async fn reap(
         .collect()
 }
 
-/// The outbox step: marks up to `limit` queued tasks that need a message as published at `now`.
+/// The outbox step: marks up to `limit` queued tasks that need a message at `mark`.
 pub(super) async fn take_for_dispatch(
     tx: &mut SqliteConnection,
     now: DateTime<Utc>,
     limit: u32,
     redeliver_before: DateTime<Utc>,
+    mark: DateTime<Utc>,
 ) -> Result<Vec<Hint>, StoreError> {
     promote(tx, now).await?;
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
@@ -448,7 +449,7 @@ pub(super) async fn take_for_dispatch(
              LIMIT ?3)
          RETURNING id, queue, priority",
     )
-    .bind(ms(now))
+    .bind(ms(mark))
     .bind(ms(redeliver_before))
     .bind(i64::from(limit))
     .fetch_all(&mut *tx)
@@ -465,16 +466,19 @@ pub(super) async fn take_for_dispatch(
         .collect()
 }
 
-pub(super) async fn undispatch(
+/// Records the confirmed publish time of queued tasks.
+pub(super) async fn confirm_dispatch(
     tx: &mut SqliteConnection,
     ids: &[TaskId],
+    at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
     sqlx::query(
-        "UPDATE tasks SET dispatched_at = NULL
-         WHERE state = 'queued' AND id IN (SELECT value FROM json_each(?))",
+        "UPDATE tasks SET dispatched_at = ?2
+         WHERE state = 'queued' AND id IN (SELECT value FROM json_each(?1))",
     )
     .bind(serde_json::to_string(&ids).expect("strings serialize"))
+    .bind(ms(at))
     .execute(&mut *tx)
     .await
     .map_err(db_err)?;
