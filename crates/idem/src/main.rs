@@ -10,8 +10,11 @@ use tracing_subscriber::EnvFilter;
 
 fn init_logging(s: &Settings) -> Result<(), String> {
     let filter = EnvFilter::try_new(&s.log).map_err(|e| format!("IDEM_LOG: {e}"))?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match s.log_format {
         LogFormat::Text => builder.init(),
