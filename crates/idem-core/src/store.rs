@@ -47,6 +47,20 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// A page from `limit + 1` fetched items: the extra item only says that another page follows,
+    /// whose cursor is the key of this page's last item.
+    pub fn from_overfetch(mut items: Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Self {
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(key)
+        } else {
+            None
+        };
+        Page { items, next_cursor }
+    }
+}
+
 /// Which page to read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PageRequest {

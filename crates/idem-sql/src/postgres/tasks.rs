@@ -48,14 +48,10 @@ pub(super) async fn list(
     .fetch_all(pool)
     .await
     .map_err(db_err)?;
-    let mut items = rows.iter().map(rows::task).collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = if items.len() > page.limit as usize {
-        items.truncate(page.limit as usize);
-        items.last().map(|t| t.id.to_string())
-    } else {
-        None
-    };
-    Ok(Page { items, next_cursor })
+    let items = rows.iter().map(rows::task).collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::from_overfetch(items, page.limit, |t| {
+        t.id.to_string()
+    }))
 }
 
 /// Cancels an unfinished task; returns it and, when it was running, the attempt that was fenced.

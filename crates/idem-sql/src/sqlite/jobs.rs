@@ -88,14 +88,10 @@ pub(super) async fn list(
     .fetch_all(pool)
     .await
     .map_err(db_err)?;
-    let mut items = rows.iter().map(rows::job).collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = if items.len() > page.limit as usize {
-        items.truncate(page.limit as usize);
-        items.last().map(|j| j.spec.id.to_string())
-    } else {
-        None
-    };
-    Ok(Page { items, next_cursor })
+    let items = rows.iter().map(rows::job).collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::from_overfetch(items, page.limit, |j| {
+        j.spec.id.to_string()
+    }))
 }
 
 /// Overwrites the definition, state and next fire; keeps `created_at` and `last_run_at`.
