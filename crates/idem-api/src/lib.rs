@@ -108,6 +108,8 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn(metrics::track_http))
+        // A panicking handler answers 500 (made a problem by the next layer), not a dropped connection.
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(axum::middleware::from_fn(error::ensure_problem))
         // The limit is enforced (and mapped to a 413 problem) by the JSON extractor.
         .layer(DefaultBodyLimit::max(limit))

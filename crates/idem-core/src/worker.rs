@@ -10,10 +10,12 @@
 //!   rest back to the queue (`release`), so nothing it held is lost or waits for a lease to expire.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -373,7 +375,17 @@ impl Worker {
                     timeout,
                     cancel: token.clone(),
                 };
-                let fut = handler.call(ctx, task.args.clone());
+                // A panicking handler fails its attempt (and is retried) instead of taking down
+                // the slot and leaving the task to wait for its lease to expire.
+                let args = task.args.clone();
+                let fut =
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(ctx, args))) {
+                        Ok(fut) => fut,
+                        Err(payload) => Box::pin(std::future::ready(Err(panicked(payload)))),
+                    };
+                let fut = AssertUnwindSafe(fut)
+                    .catch_unwind()
+                    .map(|r| r.unwrap_or_else(|payload| Err(panicked(payload))));
                 tokio::select! {
                     r = tokio::time::timeout(timeout, fut) => match r {
                         Ok(r) => Ended::Done(r),
@@ -540,6 +552,16 @@ impl Worker {
             }
         }
     }
+}
+
+/// The error of an attempt whose handler panicked.
+fn panicked(payload: Box<dyn std::any::Any + Send>) -> TaskError {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "the handler panicked".to_owned());
+    TaskError::retry("panic", message)
 }
 
 /// Applies the retry policy to an attempt's result: attempt `n` (1-based) may be retried while

@@ -356,3 +356,30 @@ async fn metrics_export_the_core_series() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_task_that_panics_fails_its_attempt_and_is_retried() {
+    // An application's own typed handler, registered through the public API.
+    let app = common::spawn_app_with(&common::db_path(), &[], |registry| {
+        registry.register(
+            "flaky",
+            |ctx: idem_core::TaskContext, args: Value| async move {
+                if ctx.attempt < 2 {
+                    panic!("kaboom");
+                }
+                Ok::<_, idem_core::TaskError>(json!({"recovered": args}))
+            },
+        );
+    })
+    .await;
+    let (_, task) = app
+        .post("/api/v1/tasks/submit", json!({"task": "flaky", "args": 7}))
+        .await;
+    let id = task["id"].as_str().unwrap();
+    let result = wait_result(&app, id).await;
+    assert_eq!(result["state"], "succeeded", "{result}");
+    assert_eq!(result["result"], json!({"recovered": 7}));
+    let (_, t) = app.get(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(t["attempts"], 2);
+    app.stop().await;
+}

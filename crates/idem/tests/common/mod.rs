@@ -28,6 +28,15 @@ pub fn db_path() -> PathBuf {
 
 /// Starts `idem serve` in-process on port 0 over `db`, with extra flags.
 pub async fn spawn_app_on(db: &Path, extra: &[&str]) -> TestApp {
+    spawn_app_with(db, extra, |_| {}).await
+}
+
+/// Starts an app whose registry has the built-ins plus what `register` adds (the library path).
+pub async fn spawn_app_with(
+    db: &Path,
+    extra: &[&str],
+    register: impl FnOnce(&mut idem_core::Registry),
+) -> TestApp {
     let url = format!("sqlite://{}", db.display());
     let mut args = vec![
         "idem",
@@ -41,7 +50,8 @@ pub async fn spawn_app_on(db: &Path, extra: &[&str]) -> TestApp {
     let cli = Cli::try_parse_from(args).unwrap();
     let cfg = cli.settings.resolve().unwrap();
     let backends = app::open_backends(&cfg).await.unwrap();
-    let registry = app::builtin_registry(&cfg);
+    let mut registry = app::builtin_registry(&cfg);
+    register(&mut registry);
     let running = app::start(&cfg, Roles::of(cli.command), backends, registry)
         .await
         .unwrap();
