@@ -73,6 +73,9 @@ impl PgStore {
         }
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections.max(1))
+            // While PostgreSQL is down a call fails within this (503, a retry with backoff)
+            // instead of sqlx's default 30 s, so readiness and the roles notice quickly.
+            .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_with(connect.clone())
             .await
             .map_err(db_err)?;
