@@ -23,6 +23,9 @@ pub const DISPATCH_BATCH: u32 = 500;
 /// How long a dispatcher may take to get a batch confirmed before another may publish it.
 pub const PUBLISH_LEASE: Duration = Duration::from_secs(10);
 
+/// After a failed publish, the batch is taken again this much later.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
 pub struct Dispatcher {
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
@@ -65,17 +68,23 @@ impl Dispatcher {
         if hints.is_empty() {
             return Ok(0);
         }
-        // On failure the marks stay: the tasks are taken again after the publish lease, which is
-        // the backoff (an immediate retry would spin while the broker is down).
-        self.broker
-            .publish(&hints)
-            .await
-            .map_err(|e| e.to_string())?;
         let ids: Vec<TaskId> = hints.iter().map(|h| h.task_id).collect();
+        if let Err(e) = self.broker.publish(&hints).await {
+            // Eligible again after a short backoff: not at once (that would spin while the broker
+            // is down), and not after the whole publish lease (a recovered broker would wait for
+            // it while the job's unfinished tasks hold back its next fires). If even this write
+            // fails, the publish lease stands.
+            let backoff = chrono::Duration::from_std(RETRY_AFTER_FAILURE).unwrap_or_default();
+            let _ = self
+                .store
+                .mark_dispatched(&ids, now - window + backoff)
+                .await;
+            return Err(e.to_string());
+        }
         let confirmed = self.store.now().await.unwrap_or(now);
         // If this fails, the provisional mark stands: a duplicate message after the publish
         // lease, which the worker's claim drops.
-        let _ = self.store.confirm_dispatch(&ids, confirmed).await;
+        let _ = self.store.mark_dispatched(&ids, confirmed).await;
         metrics::counter!("idem_dispatched_total").increment(hints.len() as u64);
         Ok(hints.len())
     }

@@ -233,7 +233,7 @@ pub trait Store: Send + Sync + 'static {
     /// retrying tasks `queued`. The taken tasks are marked at `mark` in the same transaction, so
     /// concurrent dispatchers split the work. The caller chooses `mark` so that the task becomes
     /// eligible again soon (a publish lease): if the dispatcher dies before the broker confirms,
-    /// another one takes the task over after that lease; `confirm_dispatch` then records the publish.
+    /// another one takes the task over after that lease; `mark_dispatched` then records the publish.
     async fn take_for_dispatch(
         &self,
         _now: DateTime<Utc>,
@@ -247,13 +247,10 @@ pub trait Store: Send + Sync + 'static {
     async fn next_ready_at_any(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         Err(StoreError::Unavailable("this store has no outbox".into()))
     }
-    /// Records that the broker confirmed these tasks' messages at `at`: they are published again only
-    /// if still unclaimed a whole redelivery window later.
-    async fn confirm_dispatch(
-        &self,
-        _ids: &[TaskId],
-        _at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    /// Sets the publish mark of queued tasks to `at`: they are taken for dispatch again once `at` is
+    /// older than the redelivery window. After the broker's confirm, `at` is the confirm time; after a
+    /// failed publish, a time that makes them eligible again after a short backoff.
+    async fn mark_dispatched(&self, _ids: &[TaskId], _at: DateTime<Utc>) -> Result<(), StoreError> {
         Err(StoreError::Unavailable("this store has no outbox".into()))
     }
 

@@ -682,11 +682,11 @@ pub async fn the_outbox_hands_out_each_queued_task_once_until_redelivery(store: 
 
     // Two are confirmed; the third's dispatcher died before the confirm: after the publish lease,
     // another dispatcher takes it over, and only it.
-    store.confirm_dispatch(&ids[..2], now).await.unwrap();
+    store.mark_dispatched(&ids[..2], now).await.unwrap();
     assert!(take(now + secs(9.0)).await.is_empty());
     let t1 = now + secs(11.0);
     assert_eq!(take(t1).await, [ids[2]].into_iter().collect());
-    store.confirm_dispatch(&ids[2..3], t1).await.unwrap();
+    store.mark_dispatched(&ids[2..3], t1).await.unwrap();
 
     // A claimed task needs no message; confirmed ones still unclaimed are published again after the
     // redelivery window, and the scheduled one once it is due.

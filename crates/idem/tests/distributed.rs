@@ -243,39 +243,23 @@ async fn run(shape: Shape) {
             let hint = if shape.full && e.contains("state=\"queued\" attempts=0") {
                 "; a task left `queued` with 0 attempts and `dispatched_at` set in the store is one \
                  whose dispatch (outbox mark committed, broker confirm pending) died with a killed \
-                 process: it waits for IDEM_REDELIVER_SECONDS (default 300 s)"
+                 process: another dispatcher should take it over after the 10 s publish lease"
             } else {
                 ""
             };
             panic!("{e} (database {} kept{hint})", db.name);
         }
     };
-    let mut runs = BTreeMap::new();
-    for id in jobs.keys() {
-        runs.insert(id.clone(), common::job_runs(&client, &base, id).await);
-    }
-    let hits = receiver.hits();
     let expected = Expected {
         jobs,
         keys,
         fires_after: killed_at + chrono::Duration::seconds(2),
     };
-    let verdict = common::verify(&expected, &tasks, &runs, &hits);
-    if let Err(p) = &verdict {
-        problems.extend(p.iter().cloned());
-    }
-    if !problems.is_empty() {
-        for (name, p) in names.iter().zip(&procs) {
-            p.print_logs(name, 40);
-        }
-        panic!(
-            "{} problems (database {} kept):\n  {}",
-            problems.len(),
-            db.name,
-            problems.join("\n  ")
-        );
-    }
-    let stats = verdict.unwrap();
+    let named: Vec<(&str, &Proc)> = names.iter().map(|n| n.as_ref()).zip(procs.iter()).collect();
+    let stats = common::verify_or_fail(
+        &client, &base, &db.name, &expected, &tasks, &receiver, problems, &named, 40,
+    )
+    .await;
     eprintln!(
         "ok after {:?}: {} tasks ({} fires, {} missed, {} skipped_overlap; {} ran more than one \
          attempt); {} deliveries of {} keys, {} raw duplicates (deduplicated by Idempotency-Key); \

@@ -385,32 +385,16 @@ async fn a_rabbitmq_and_redis_restart_loses_and_duplicates_nothing() {
             panic!("{e} (database {} kept)", db.name);
         }
     };
-    let mut runs = BTreeMap::new();
-    for id in jobs.keys() {
-        runs.insert(id.clone(), common::job_runs(&client, &base, id).await);
-    }
-    let hits = receiver.hits();
     let expected = Expected {
         jobs,
         keys,
         fires_after: restarted_at + chrono::Duration::seconds(1),
     };
-    let verdict = common::verify(&expected, &tasks, &runs, &hits);
-    if let Err(p) = &verdict {
-        problems.extend(p.iter().cloned());
-    }
-    if !problems.is_empty() {
-        for (name, p) in names.iter().zip(&procs) {
-            p.print_logs(name, 80);
-        }
-        panic!(
-            "{} problems (database {} kept):\n  {}",
-            problems.len(),
-            db.name,
-            problems.join("\n  ")
-        );
-    }
-    let stats = verdict.unwrap();
+    let named: Vec<(&str, &Proc)> = names.iter().map(|n| n.as_ref()).zip(procs.iter()).collect();
+    let stats = common::verify_or_fail(
+        &client, &base, &db.name, &expected, &tasks, &receiver, problems, &named, 80,
+    )
+    .await;
     eprintln!(
         "ok after {:?}: {key_count} submission keys (2 submissions each), {} tasks ({} fires, {} \
          missed, {} skipped_overlap; {} ran more than one attempt); {} deliveries of {} keys, {} raw \

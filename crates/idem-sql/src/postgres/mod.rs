@@ -373,9 +373,9 @@ impl Store for PgStore {
         outbox::next_ready_at_any(&self.pool).await
     }
 
-    async fn confirm_dispatch(&self, ids: &[TaskId], at: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn mark_dispatched(&self, ids: &[TaskId], at: DateTime<Utc>) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        outbox::confirm_dispatch(&mut tx, ids, at).await?;
+        outbox::mark_dispatched(&mut tx, ids, at).await?;
         self.commit(tx, &[]).await
     }
 

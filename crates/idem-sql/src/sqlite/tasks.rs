@@ -463,7 +463,7 @@ pub(super) async fn take_for_dispatch(
 }
 
 /// Records the confirmed publish time of queued tasks.
-pub(super) async fn confirm_dispatch(
+pub(super) async fn mark_dispatched(
     tx: &mut SqliteConnection,
     ids: &[TaskId],
     at: DateTime<Utc>,

@@ -669,6 +669,41 @@ pub async fn wait_all_final(
 }
 
 /// A job's fire history (newest first).
+/// Reads every job's runs and checks the whole run with [`verify`]; on any problem (these or the
+/// caller's) prints each process's last `log_lines` log lines and fails, naming the kept database.
+#[allow(clippy::too_many_arguments)]
+pub async fn verify_or_fail(
+    client: &reqwest::Client,
+    base: &str,
+    db: &str,
+    expected: &Expected,
+    tasks: &[Value],
+    receiver: &Receiver,
+    mut problems: Vec<String>,
+    procs: &[(&str, &Proc)],
+    log_lines: usize,
+) -> Stats {
+    let mut runs = BTreeMap::new();
+    for id in expected.jobs.keys() {
+        runs.insert(id.clone(), job_runs(client, base, id).await);
+    }
+    let verdict = verify(expected, tasks, &runs, &receiver.hits());
+    if let Err(p) = &verdict {
+        problems.extend(p.iter().cloned());
+    }
+    if !problems.is_empty() {
+        for (name, p) in procs {
+            p.print_logs(name, log_lines);
+        }
+        panic!(
+            "{} problems (database {db} kept):\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        );
+    }
+    verdict.unwrap()
+}
+
 pub async fn job_runs(client: &reqwest::Client, base: &str, job: &str) -> Vec<Value> {
     let url = format!("{base}/api/v1/jobs/{job}/runs?limit=1000");
     let (status, body) = get_json(client, &url).await.unwrap();
