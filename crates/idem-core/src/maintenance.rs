@@ -74,7 +74,15 @@ impl Maintenance {
                 }
             }
         }
-        match locks.acquire(LEADER_LOCK, ttl).await {
+        let acquired = locks.acquire(LEADER_LOCK, ttl).await;
+        let outcome = match &acquired {
+            Ok(Some(_)) => "acquired",
+            Ok(None) => "contended",
+            Err(_) => "error",
+        };
+        metrics::counter!("idem_lock_acquisitions_total", "lock" => LEADER_LOCK, "outcome" => outcome)
+            .increment(1);
+        match acquired {
             Ok(Some(l)) => {
                 tracing::info!(term = l.fence, "leading maintenance");
                 *lease = Some(l);

@@ -351,6 +351,9 @@ async fn metrics_export_the_core_series() {
         "idem_submissions_total",
         "idem_tasks_total",
         "idem_task_duration_seconds",
+        "idem_task_queue_wait_seconds",
+        "idem_lock_acquisitions_total",
+        "idem_completion_group_size",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
