@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{Expected, Proc, Receiver, TestDb};
 use idem_testkit::services::{or_skip, unique_name};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// One run's size and timing.
 struct Shape {
@@ -30,58 +30,6 @@ struct Shape {
     /// From the first job to the kill, and from the kill to pausing the jobs.
     before_kill: Duration,
     after_kill: Duration,
-}
-
-/// The answers to one key's concurrent submissions.
-struct Submitted {
-    key: String,
-    body: Value,
-    answers: Vec<common::SubmitOutcome>,
-}
-
-async fn submit_stream(
-    base: String,
-    hook: String,
-    queue: String,
-    prefix: String,
-    shape_keys: usize,
-    copies: usize,
-    every: Duration,
-) -> Vec<Submitted> {
-    let client = common::api_client();
-    let mut pending = Vec::new();
-    for k in 0..shape_keys {
-        let key = format!("{prefix}-k{k}");
-        let body = json!({"key": key});
-        let request = json!({
-            "task": "http",
-            "args": {"url": hook, "body": body},
-            "queue": queue,
-            "idempotency_key": key,
-            // Short, so the Redis replay cache (shared by every test run) forgets these keys soon.
-            "idempotency_ttl_seconds": 3600,
-        });
-        let copies: Vec<_> = (0..copies)
-            .map(|_| {
-                let (client, base, request) = (client.clone(), base.clone(), request.clone());
-                tokio::spawn(async move {
-                    common::submit_until_accepted(&client, &base, &request, Duration::from_secs(30))
-                        .await
-                })
-            })
-            .collect();
-        pending.push((key, body, copies));
-        tokio::time::sleep(every).await;
-    }
-    let mut out = Vec::new();
-    for (key, body, copies) in pending {
-        let mut answers = Vec::new();
-        for c in copies {
-            answers.push(c.await.expect("a submission panicked"));
-        }
-        out.push(Submitted { key, body, answers });
-    }
-    out
 }
 
 async fn run(shape: Shape) {
@@ -177,14 +125,15 @@ async fn run(shape: Shape) {
         assert_eq!(status, 201, "{job}");
         jobs.insert(id, body);
     }
-    let submitter = tokio::spawn(submit_stream(
+    let keys = shape.keys;
+    let submitter = tokio::spawn(common::submit_stream(
         base.clone(),
         receiver.hook.clone(),
         queue.clone(),
-        queue.clone(),
-        shape.keys,
         shape.copies,
         shape.key_every,
+        Duration::from_secs(30),
+        move |k| k < keys,
     ));
 
     // Let it run, then kill one scheduler and one worker without warning.

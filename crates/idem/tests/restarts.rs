@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{Expected, Proc, Receiver, TestDb};
 use idem_testkit::services::{or_skip, services_required, unique_name};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// How Redis is started again (as the machine's CI starts it).
 const REDIS_SERVER_ARGS: &[&str] = &[
@@ -148,60 +148,6 @@ impl Drop for RestoreServices {
     }
 }
 
-/// One key's submissions, as the client saw them.
-struct Submitted {
-    key: String,
-    body: Value,
-    answers: Vec<common::SubmitOutcome>,
-}
-
-/// Submits a new key (twice at once: a concurrent duplicate) every `every` until `stop`; each
-/// submission is retried with its key until accepted.
-async fn submit_stream(
-    base: String,
-    hook: String,
-    queue: String,
-    every: Duration,
-    stop: Arc<AtomicBool>,
-) -> Vec<Submitted> {
-    let client = common::api_client();
-    let mut pending = Vec::new();
-    let mut k = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let key = format!("{queue}-k{k}");
-        k += 1;
-        let body = json!({"key": key});
-        let request = json!({
-            "task": "http",
-            "args": {"url": hook, "body": body},
-            "queue": queue,
-            "idempotency_key": key,
-            // Short, so the Redis replay cache (shared by every test run) forgets these keys soon.
-            "idempotency_ttl_seconds": 3600,
-        });
-        let copies: Vec<_> = (0..2)
-            .map(|_| {
-                let (client, base, request) = (client.clone(), base.clone(), request.clone());
-                tokio::spawn(async move {
-                    common::submit_until_accepted(&client, &base, &request, Duration::from_secs(60))
-                        .await
-                })
-            })
-            .collect();
-        pending.push((key, body, copies));
-        tokio::time::sleep(every).await;
-    }
-    let mut out = Vec::new();
-    for (key, body, copies) in pending {
-        let mut answers = Vec::new();
-        for c in copies {
-            answers.push(c.await.expect("a submission panicked"));
-        }
-        out.push(Submitted { key, body, answers });
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rabbitmq_and_redis_restart_loses_and_duplicates_nothing() {
     let started = Instant::now();
@@ -303,12 +249,16 @@ async fn a_rabbitmq_and_redis_restart_loses_and_duplicates_nothing() {
         jobs.insert(id, body);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let submitter = tokio::spawn(submit_stream(
+    let stopped = stop.clone();
+    // A new key every 100 ms, twice at once (a concurrent duplicate), until `stop`.
+    let submitter = tokio::spawn(common::submit_stream(
         base.clone(),
         receiver.hook.clone(),
         queue.clone(),
+        2,
         Duration::from_millis(100),
-        stop.clone(),
+        Duration::from_secs(60),
+        move |_| !stopped.load(Ordering::Relaxed),
     ));
     tokio::time::sleep(Duration::from_secs(3)).await;
 

@@ -119,20 +119,25 @@ pub struct Proc {
     pub base: String,
 }
 
+/// `idem <args>` with plain-text logs on a pipe, so the helpers can read them.
+fn idem_command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_idem"));
+    cmd.args(args)
+        .env("IDEM_LOG", "info")
+        .env("IDEM_LOG_FORMAT", "text")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
 impl Proc {
     /// Starts `idem <args>` and waits until its API listens (it logs the bound address).
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_idem"));
-        cmd.args(args)
-            .env("IDEM_LOG", "info")
-            .env("IDEM_LOG_FORMAT", "text")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn idem");
+        let mut child = idem_command(args, env).spawn().expect("spawn idem");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -242,17 +247,7 @@ impl Proc {
     /// silent for 30 s, this panics with its log.
     pub fn spawn_role(args: &[&str], env: &[(&str, &str)]) -> Proc {
         let label = args.first().copied().unwrap_or("idem").to_owned();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_idem"));
-        cmd.args(args)
-            .env("IDEM_LOG", "info")
-            .env("IDEM_LOG_FORMAT", "text")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn idem");
+        let mut child = idem_command(args, env).spawn().expect("spawn idem");
         let pid = child.id();
         log_book()
             .lock()
@@ -999,4 +994,60 @@ pub fn verify(
     } else {
         Err(problems)
     }
+}
+
+/// The answers to one key's concurrent submissions.
+pub struct Submitted {
+    pub key: String,
+    pub body: Value,
+    pub answers: Vec<SubmitOutcome>,
+}
+
+/// Submits key `{queue}-k{n}` for n = 0, 1, … while `more(n)`, one key every `every`, each as
+/// `copies` concurrent submissions (concurrent duplicates) of an `http` task to `hook`; each
+/// submission is retried with its key until accepted, for up to `patience`.
+pub async fn submit_stream(
+    base: String,
+    hook: String,
+    queue: String,
+    copies: usize,
+    every: Duration,
+    patience: Duration,
+    more: impl Fn(usize) -> bool,
+) -> Vec<Submitted> {
+    let client = api_client();
+    let mut pending = Vec::new();
+    let mut k = 0;
+    while more(k) {
+        let key = format!("{queue}-k{k}");
+        k += 1;
+        let body = serde_json::json!({"key": key});
+        let request = serde_json::json!({
+            "task": "http",
+            "args": {"url": hook, "body": body},
+            "queue": queue,
+            "idempotency_key": key,
+            // Short, so the Redis replay cache (shared by every test run) forgets these keys soon.
+            "idempotency_ttl_seconds": 3600,
+        });
+        let copies: Vec<_> = (0..copies)
+            .map(|_| {
+                let (client, base, request) = (client.clone(), base.clone(), request.clone());
+                tokio::spawn(async move {
+                    submit_until_accepted(&client, &base, &request, patience).await
+                })
+            })
+            .collect();
+        pending.push((key, body, copies));
+        tokio::time::sleep(every).await;
+    }
+    let mut out = Vec::new();
+    for (key, body, copies) in pending {
+        let mut answers = Vec::new();
+        for c in copies {
+            answers.push(c.await.expect("a submission panicked"));
+        }
+        out.push(Submitted { key, body, answers });
+    }
+    out
 }
