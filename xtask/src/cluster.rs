@@ -62,6 +62,8 @@ pub struct LogEvents {
     pub stopped: AtomicU64,
     /// `gave up recording the outcome` lines.
     pub gave_up: AtomicU64,
+    /// `broker consumer lost` lines (the broker cancelled a consumer or its channel closed).
+    pub consumer_lost: AtomicU64,
     /// (when, process label, term) of each `leading maintenance` line.
     pub leaders: Mutex<Vec<(Instant, String, u64)>>,
     /// Fence refusals by process label.
@@ -327,6 +329,8 @@ fn scan(events: &LogEvents, label: &str, line: &str) {
         events.stopped.fetch_add(1, Ordering::Relaxed);
     } else if line.contains("gave up recording the outcome") {
         events.gave_up.fetch_add(1, Ordering::Relaxed);
+    } else if line.contains("broker consumer lost") {
+        events.consumer_lost.fetch_add(1, Ordering::Relaxed);
     } else if line.contains("leading maintenance") {
         let term = line
             .split("term=")

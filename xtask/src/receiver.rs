@@ -11,6 +11,7 @@
 //! Invariant: a delivery is recorded when its request has been read completely and is closed (with
 //! its end time and whether the answer was written) exactly once, whatever ends it.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,11 +36,14 @@ pub struct Delivery {
 }
 
 type Log = Arc<Mutex<Vec<Delivery>>>;
+/// The requests being held right now: (task id, attempt, start ms) by connection number.
+type Open = Arc<Mutex<HashMap<u64, (String, i64, f64)>>>;
 
 pub struct Receiver {
     /// The hook's URL, for the `http` task's `url`.
     pub hook: String,
     log: Log,
+    open: Open,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -53,13 +57,17 @@ impl Receiver {
             .context("binding the receiver")?;
         let addr = listener.local_addr()?;
         let log: Log = Arc::default();
+        let open: Open = Arc::default();
         let server = {
-            let log = log.clone();
+            let (log, open) = (log.clone(), open.clone());
             tokio::spawn(async move {
+                let mut n = 0u64;
                 while let Ok((stream, _)) = listener.accept().await {
-                    let log = log.clone();
+                    n += 1;
+                    let (log, open) = (log.clone(), open.clone());
                     tokio::spawn(async move {
-                        let _ = serve(stream, log, t0).await;
+                        let _ = serve(stream, log, open.clone(), n, t0).await;
+                        open.lock().unwrap().remove(&n);
                     });
                 }
             })
@@ -67,6 +75,7 @@ impl Receiver {
         Ok(Receiver {
             hook: format!("http://{addr}/hook"),
             log,
+            open,
             server,
         })
     }
@@ -74,6 +83,21 @@ impl Receiver {
     /// Every delivery closed so far.
     pub fn deliveries(&self) -> Vec<Delivery> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The end time (ms) of the first answered delivery with this `Idempotency-Key`.
+    pub fn answered(&self, key: &str) -> Option<f64> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|d| d.answered && d.key == key)
+            .map(|d| d.end_ms)
+    }
+
+    /// The requests being held right now: (task id, attempt, start ms).
+    pub fn in_flight(&self) -> Vec<(String, i64, f64)> {
+        self.open.lock().unwrap().values().cloned().collect()
     }
 }
 
@@ -88,7 +112,13 @@ fn ms_since(t0: Instant) -> f64 {
 }
 
 /// Serves one connection: requests one after another (keep-alive) until the caller closes it.
-async fn serve(mut stream: TcpStream, log: Log, t0: Instant) -> anyhow::Result<()> {
+async fn serve(
+    mut stream: TcpStream,
+    log: Log,
+    open: Open,
+    conn: u64,
+    t0: Instant,
+) -> anyhow::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
@@ -134,6 +164,9 @@ async fn serve(mut stream: TcpStream, log: Log, t0: Instant) -> anyhow::Result<(
             body,
         };
         let hold = Duration::from_millis(d.body["hold_ms"].as_u64().unwrap_or(0));
+        open.lock()
+            .unwrap()
+            .insert(conn, (d.task_id.clone(), d.attempt, d.start_ms));
         // Hold the request, watching the socket: EOF or an error means the caller is gone.
         let until = tokio::time::Instant::now() + hold;
         let gone = loop {
@@ -146,6 +179,7 @@ async fn serve(mut stream: TcpStream, log: Log, t0: Instant) -> anyhow::Result<(
                 }
             }
         };
+        open.lock().unwrap().remove(&conn);
         if gone {
             d.end_ms = ms_since(t0);
             log.lock().unwrap().push(d);

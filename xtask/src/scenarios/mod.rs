@@ -3,12 +3,27 @@
 
 mod s1_duplicates;
 mod s2_worker_crashes;
+pub(crate) mod s3_scheduler_crashes;
+mod s4_paused_holder;
+mod s5_dependency_restarts;
+mod s6_partitions;
+mod s7_clock_skew;
+mod s8_poison;
 
 use crate::private::{Private, PrivatePg, PrivateRabbit, PrivateRedis};
 use crate::rig::{Opts, Rig, Services};
 
 /// (id, title) of every scenario, in run order.
-pub const ALL: &[(&str, &str)] = &[("S1", "duplicates"), ("S2", "worker crashes")];
+pub const ALL: &[(&str, &str)] = &[
+    ("S1", "duplicates"),
+    ("S2", "worker crashes"),
+    ("S3", "scheduler crashes"),
+    ("S4", "paused lease holder"),
+    ("S5", "dependency restarts"),
+    ("S6", "partitions"),
+    ("S7", "clock skew"),
+    ("S8", "poison and long tasks"),
+];
 
 pub fn title(id: &str) -> Option<&'static str> {
     ALL.iter()
@@ -51,6 +66,12 @@ pub async fn run(id: &str, rig: &mut Rig) -> anyhow::Result<()> {
     match id {
         "S1" => s1_duplicates::run(rig).await,
         "S2" => s2_worker_crashes::run(rig).await,
+        "S3" => s3_scheduler_crashes::run(rig).await,
+        "S4" => s4_paused_holder::run(rig).await,
+        "S5" => s5_dependency_restarts::run(rig).await,
+        "S6" => s6_partitions::run(rig).await,
+        "S7" => s7_clock_skew::run(rig).await,
+        "S8" => s8_poison::run(rig).await,
         other => anyhow::bail!("no scenario {other}"),
     }
 }
