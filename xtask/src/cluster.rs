@@ -78,7 +78,6 @@ pub struct Proc {
     /// The API's base URL (`http://127.0.0.1:port`), for api processes.
     pub base: Option<String>,
     pub log: PathBuf,
-    pub started: Instant,
     child: Child,
 }
 
@@ -101,21 +100,19 @@ pub struct Cluster {
     pub events: Arc<LogEvents>,
     /// Starts of each slot, for log file names.
     generations: BTreeMap<String, u32>,
-    pub t0: Instant,
 }
 
 /// How long a process may take to say it is up.
 const START_LIMIT: Duration = Duration::from_secs(45);
 
 impl Cluster {
-    pub fn new(bin: &Path, dir: &Path, t0: Instant) -> Cluster {
+    pub fn new(bin: &Path, dir: &Path) -> Cluster {
         Cluster {
             bin: bin.to_owned(),
             dir: dir.to_owned(),
             procs: Vec::new(),
             events: Arc::default(),
             generations: BTreeMap::new(),
-            t0,
         }
     }
 
@@ -211,7 +208,6 @@ impl Cluster {
             pid,
             base,
             log,
-            started: Instant::now(),
             child,
         });
         Ok(self.procs.len() - 1)

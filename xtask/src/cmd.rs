@@ -97,12 +97,6 @@ where
     }
 }
 
-/// Whether `program` is on the PATH.
-pub fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
-}
-
 /// The ids of the processes whose parent is `pid` (from /proc), for stopping what a private
 /// service forked without naming anything.
 pub fn children_of(pid: u32) -> Vec<u32> {

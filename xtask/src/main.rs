@@ -7,9 +7,6 @@
 //! scenario's teardown runs, and before the runner exits the machine's services are checked and
 //! started if one is down. The exit code is 0 only when every criterion of every scenario passed.
 
-// Helpers used by the scenarios still being written.
-#![allow(dead_code)]
-
 mod binary;
 mod client;
 mod cluster;

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use crate::client::{Op, Outcome};
+use crate::client::Op;
 use crate::receiver::Delivery;
 use crate::store::{RunRow, TaskRow};
 
@@ -246,11 +246,6 @@ pub fn outcome_counts(history: &[Op]) -> BTreeMap<String, usize> {
     out
 }
 
-/// Whether an outcome is an answer the server gave (not a transport failure).
-pub fn is_answer(o: Outcome) -> bool {
-    !matches!(o, Outcome::Refused | Outcome::Unknown)
-}
-
 /// `(max, p99)` of some durations in ms; `None` when there are none.
 pub fn max_p99(values: &[f64]) -> Option<(f64, f64)> {
     if values.is_empty() {
@@ -267,6 +262,7 @@ pub fn max_p99(values: &[f64]) -> Option<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::Outcome;
     use serde_json::json;
 
     fn delivery(task: &str, attempt: i64, start: f64, end: f64) -> Delivery {
@@ -287,10 +283,8 @@ mod tests {
             key: Some(key.into()),
             state: "succeeded".into(),
             attempts,
-            max_retries: 3,
             job_id: None,
             result: Some(json!({"status": 200, "body": {"attempt": attempts}})),
-            finished_at: None,
             error_kind: None,
         }
     }

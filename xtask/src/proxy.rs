@@ -60,10 +60,6 @@ impl Proxy {
     pub fn set(&self, mode: Mode) {
         let _ = self.mode.send(mode);
     }
-
-    pub fn mode(&self) -> Mode {
-        *self.mode.borrow()
-    }
 }
 
 impl Drop for Proxy {

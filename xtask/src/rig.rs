@@ -113,7 +113,7 @@ impl Rig {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-        let cluster = Cluster::new(&opts.bin, &dir, t0);
+        let cluster = Cluster::new(&opts.bin, &dir);
         cluster.migrate(&env).await.context("idem migrate")?;
         let pool = store::connect(&iso.database_url).await?;
         let receiver = Receiver::start(t0).await?;
@@ -140,11 +140,6 @@ impl Rig {
             env,
             report,
         })
-    }
-
-    /// Milliseconds since the run started (the receiver's and the history's clock).
-    pub fn ms(&self) -> f64 {
-        self.t0.elapsed().as_secs_f64() * 1e3
     }
 
     /// Sets (or replaces) one variable of the common environment.

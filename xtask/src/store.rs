@@ -30,10 +30,8 @@ pub struct TaskRow {
     pub key: Option<String>,
     pub state: String,
     pub attempts: i32,
-    pub max_retries: i32,
     pub job_id: Option<String>,
     pub result: Option<Value>,
-    pub finished_at: Option<DateTime<Utc>>,
     pub error_kind: Option<String>,
 }
 
@@ -43,8 +41,7 @@ pub fn is_final(state: &str) -> bool {
 
 pub async fn tasks(pool: &PgPool) -> anyhow::Result<Vec<TaskRow>> {
     let rows = sqlx::query(
-        "SELECT id, idempotency_key, state, attempts, max_retries, job_id, result, finished_at, \
-         error_kind FROM tasks",
+        "SELECT id, idempotency_key, state, attempts, job_id, result, error_kind FROM tasks",
     )
     .fetch_all(pool)
     .await?;
@@ -55,10 +52,8 @@ pub async fn tasks(pool: &PgPool) -> anyhow::Result<Vec<TaskRow>> {
                 key: r.try_get("idempotency_key")?,
                 state: r.try_get("state")?,
                 attempts: r.try_get("attempts")?,
-                max_retries: r.try_get("max_retries")?,
                 job_id: r.try_get("job_id")?,
                 result: r.try_get("result")?,
-                finished_at: r.try_get("finished_at")?,
                 error_kind: r.try_get("error_kind")?,
             })
         })
@@ -230,10 +225,5 @@ impl FinalWatcher {
             }
         }
         out
-    }
-
-    /// (successful polls, failed polls).
-    pub fn polls(&self) -> (u64, u64) {
-        *self.polls.lock().unwrap()
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! - a poison task — the `shell` task running `sh -c 'kill -9 $PPID'`, which kills the worker that
 //!   runs it — must end `failed` after its delivery limit (`max_retries + 1` attempts), each attempt
-//!   costing one worker (the runner restarts dead workers, as a supervisor would);
+//!   costing one worker (the runner restarts dead workers, as a supervisor would); it runs on its
+//!   own queue and two workers of its own, so its kills do not re-execute the other tasks;
 //! - a task longer than the consumer timeout (the broker cancels the consumer and requeues the
 //!   unacknowledged message while the task still runs) must not run twice: the redelivered hint
 //!   finds the task running under a live lease and is dropped.
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::client::http_task;
+use crate::cluster::Role;
 use crate::private::CONSUMER_TIMEOUT_MS;
 use crate::rig::Rig;
 use crate::scenarios::s3_scheduler_crashes::first;
@@ -28,6 +30,17 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
     let long_ms = CONSUMER_TIMEOUT_MS * 2;
     rig.set_env("IDEM_SHELL_ALLOW", "sh");
     rig.start_cluster(2, 3, 4, 8).await?;
+    // The poison runs on its own queue and workers: a worker it kills takes down whatever else it
+    // was running, which would be re-executed for a reason that is not the one checked here.
+    for i in 4..6 {
+        let spec = rig.spec(
+            Role::Worker,
+            i,
+            &["--queues", "poison", "--worker-concurrency", "2"],
+            &[],
+        );
+        rig.cluster.start(spec).await?;
+    }
     let client = rig.client().clone();
     let hook = rig.receiver.hook.clone();
 
@@ -39,6 +52,7 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
             "task": "shell",
             "args": {"program": "sh", "args": ["-c", "kill -9 $PPID"]},
             "idempotency_key": key,
+            "queue": "poison",
             "max_retries": POISON_RETRIES,
         });
         let op = client
