@@ -109,6 +109,15 @@ fn build(
         (None, Some(k)) => c.id::<IdempotencyKey>("idempotency_key", k),
         (None, None) => None,
     };
+    if key.as_ref().is_some_and(|k| k.is_reserved()) {
+        c.push(
+            "idempotency_key",
+            format!(
+                "keys starting with {:?} are reserved for the scheduler's fires",
+                IdempotencyKey::RESERVED_PREFIX
+            ),
+        );
+    }
     let expires_at = c.timestamp("expires_at", req.expires_at.as_deref());
     // `when` is fingerprinted as requested: a replay of "in 60 s" is a replay, whenever it comes.
     let (run_at, when) = match (req.eta.as_deref(), req.countdown_seconds) {
