@@ -262,7 +262,17 @@ pub trait Store: Send + Sync + 'static {
     /// Sets the publish mark of queued tasks to `at`: they are taken for dispatch again once `at` is
     /// older than the redelivery window. After the broker's confirm, `at` is the confirm time; after a
     /// failed publish, a time that makes them eligible again after a short backoff.
-    async fn mark_dispatched(&self, _ids: &[TaskId], _at: DateTime<Utc>) -> Result<(), StoreError> {
+    ///
+    /// Compare-and-set on the provisional mark: only tasks still carrying `taken` (the `mark` their
+    /// `take_for_dispatch` set) change. A task taken again since — a newer attempt re-queued, or
+    /// another dispatcher after the publish lease — keeps its newer mark, so a late confirm cannot
+    /// make a message that was never published look published.
+    async fn mark_dispatched(
+        &self,
+        _ids: &[TaskId],
+        _taken: DateTime<Utc>,
+        _at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         Err(StoreError::Unavailable("this store has no outbox".into()))
     }
 

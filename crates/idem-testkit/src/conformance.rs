@@ -792,6 +792,58 @@ pub async fn workers_report_heartbeats(store: S) {
     assert!(store.list_workers().await.unwrap().is_empty());
 }
 
+pub async fn a_late_publish_confirm_does_not_mark_a_newer_take_published(store: S) {
+    let now = t0();
+    let window = secs(300.0);
+    let lease = secs(10.0);
+    let mark = |t: DateTime<Utc>| t - window + lease;
+    let id = store.submit(vec![task(now)], now).await.unwrap()[0].task.id;
+    // Attempt 1's message is taken; its confirm is slow. Meanwhile the task runs, fails and is due
+    // again, and attempt 2's message is taken.
+    let first = store
+        .take_for_dispatch(now, 10, now - window, mark(now))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    let claim = store
+        .claim(&req("w", &["default"], 1, now))
+        .await
+        .unwrap()
+        .remove(0);
+    let retry_at = now + secs(1.0);
+    store
+        .finish(
+            lease_of(&claim.task),
+            Finish::Retry {
+                at: retry_at,
+                error: ErrorInfo::new("error", "x"),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let t2 = retry_at + secs(0.5);
+    let second = store
+        .take_for_dispatch(t2, 10, t2 - window, mark(t2))
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    // Attempt 1's confirm arrives now: it must not stamp attempt 2's take.
+    store.mark_dispatched(&[id], mark(now), t2).await.unwrap();
+    // Attempt 2's publish was never confirmed: after its publish lease (not after the whole
+    // redelivery window) the task is handed out again.
+    let t3 = t2 + lease + secs(1.0);
+    let again = store
+        .take_for_dispatch(t3, 10, t3 - window, mark(t3))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.iter().map(|h| h.task_id).collect::<Vec<_>>(),
+        vec![id],
+        "the late confirm of an older take stamped the newer one"
+    );
+}
+
 pub async fn the_outbox_hands_out_each_queued_task_once_until_redelivery(store: S) {
     let now = t0();
     let window = secs(60.0);
@@ -827,11 +879,18 @@ pub async fn the_outbox_hands_out_each_queued_task_once_until_redelivery(store: 
 
     // Two are confirmed; the third's dispatcher died before the confirm: after the publish lease,
     // another dispatcher takes it over, and only it.
-    store.mark_dispatched(&ids[..2], now).await.unwrap();
+    let mark = |t: DateTime<Utc>| t - window + lease;
+    store
+        .mark_dispatched(&ids[..2], mark(now), now)
+        .await
+        .unwrap();
     assert!(take(now + secs(9.0)).await.is_empty());
     let t1 = now + secs(11.0);
     assert_eq!(take(t1).await, [ids[2]].into_iter().collect());
-    store.mark_dispatched(&ids[2..3], t1).await.unwrap();
+    store
+        .mark_dispatched(&ids[2..3], mark(t1), t1)
+        .await
+        .unwrap();
 
     // A claimed task needs no message; confirmed ones still unclaimed are published again after the
     // redelivery window, and the scheduled one once it is due.

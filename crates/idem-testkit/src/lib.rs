@@ -39,6 +39,7 @@ macro_rules! store_conformance_tests {
             job_writes_are_compare_and_set_on_the_version,
             workers_report_heartbeats,
             the_outbox_hands_out_each_queued_task_once_until_redelivery,
+            a_late_publish_confirm_does_not_mark_a_newer_take_published,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {

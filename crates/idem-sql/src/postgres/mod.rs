@@ -366,9 +366,14 @@ impl Store for PgStore {
         outbox::next_ready_at_any(&self.pool).await
     }
 
-    async fn mark_dispatched(&self, ids: &[TaskId], at: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn mark_dispatched(
+        &self,
+        ids: &[TaskId],
+        taken: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        outbox::mark_dispatched(&mut tx, ids, at).await?;
+        outbox::mark_dispatched(&mut tx, ids, taken, at).await?;
         self.commit(tx, &[]).await
     }
 

@@ -332,9 +332,14 @@ impl Store for SqliteStore {
         tasks::next_ready_at_any(&self.reader).await
     }
 
-    async fn mark_dispatched(&self, ids: &[TaskId], at: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn mark_dispatched(
+        &self,
+        ids: &[TaskId],
+        taken: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
-        tasks::mark_dispatched(&mut tx, ids, at).await?;
+        tasks::mark_dispatched(&mut tx, ids, taken, at).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(())
     }
