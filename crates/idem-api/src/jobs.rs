@@ -1,5 +1,5 @@
 //! `/api/v1/jobs`: create, list, read, change, pause, resume, delete, run now, and the run history
-//! of scheduled jobs (SPEC §3).
+//! of scheduled jobs.
 //!
 //! Invariant: every change goes through the store in one call, and `next_run_at` is recomputed
 //! (`trigger.first_after(now)`) whenever the trigger changes or a job becomes active again, so the

@@ -1,9 +1,9 @@
 //! `POST /api/v1/tasks/submit` and `/submit/batch`: immediate and delayed task submission with
-//! idempotency keys (SPEC §4, §5).
+//! idempotency keys.
 //!
 //! Invariant: the API only builds the tasks and their fingerprints; whether a key is new, a replay
 //! or a conflict is decided by the store, in the one transaction of `Store::submit`. The
-//! fingerprint covers exactly what SPEC §5 says a replay must repeat: task, args, queue, priority
+//! fingerprint covers exactly what a replay must repeat: task, args, queue, priority
 //! and the requested eta or countdown.
 
 use axum::extract::State;

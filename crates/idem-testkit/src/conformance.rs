@@ -1,4 +1,4 @@
-//! The store conformance suite: the invariants of SPEC §5 as tests, written against the `Store` trait
+//! The store conformance suite: the guarantees of the README as tests, written against the `Store` trait
 //! only. Each case takes a fresh, empty store.
 
 use std::collections::HashMap;

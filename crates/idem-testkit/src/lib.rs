@@ -5,6 +5,7 @@
 //! to the same behaviour by the same code.
 
 pub mod conformance;
+pub mod faulty;
 pub mod fixtures;
 pub mod locks_conformance;
 pub mod services;
