@@ -90,7 +90,15 @@ impl Worker {
                 let fut = AssertUnwindSafe(fut)
                     .catch_unwind()
                     .map(|r| r.unwrap_or_else(|payload| Err(panicked(payload))));
+                // Biased, deadline first: a worker that wakes up late (paused, starved) must not
+                // poll the handler once more — letting it send another byte — after its lease may
+                // have expired; a cancel comes next, for the same reason.
                 tokio::select! {
+                    biased;
+                    // The lease may expire in the store soon and another attempt start: this one
+                    // stops first (one attempt at a time).
+                    _ = deadline.passed() => Ended::LeaseExpiring,
+                    _ = token.cancelled() => Ended::Stopped,
                     r = tokio::time::timeout(timeout, fut) => match r {
                         Ok(r) => Ended::Done(r),
                         Err(_) => Ended::Done(Err(TaskError::retry(
@@ -98,10 +106,6 @@ impl Worker {
                             format!("attempt exceeded timeout_seconds={}", task.timeout_seconds),
                         ))),
                     },
-                    _ = token.cancelled() => Ended::Stopped,
-                    // The lease may expire in the store soon and another attempt start: this one
-                    // stops first (one attempt at a time).
-                    _ = deadline.passed() => Ended::LeaseExpiring,
                 }
             }
         };
