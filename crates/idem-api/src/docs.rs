@@ -38,8 +38,8 @@ use crate::{health, job_spec, jobs, metrics, submit, tasks, workers, AppState};
         idem_core::ErrorInfo, idem_core::WorkerInfo,
     )),
     tags(
-        (name = "jobs", description = "Scheduled jobs (SPEC §3)"),
-        (name = "tasks", description = "Immediate and delayed tasks (SPEC §4)"),
+        (name = "jobs", description = "Scheduled jobs"),
+        (name = "tasks", description = "Immediate and delayed tasks"),
         (name = "workers", description = "Worker processes"),
         (name = "health", description = "Health, readiness and metrics"),
     )

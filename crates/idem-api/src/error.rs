@@ -1,5 +1,5 @@
 //! [`ApiError`]: every failure the API answers, rendered as an RFC 9457 problem
-//! (`application/problem+json`, SPEC §7).
+//! (`application/problem+json`).
 //!
 //! Invariant: a 5xx never carries the underlying error to the client; it is logged here, once, and the
 //! client gets a generic detail. Store errors the caller can act on map to their own statuses.
@@ -130,7 +130,7 @@ impl ApiError {
         Self::validation(vec![FieldError::new(field, message)])
     }
 
-    /// 422: an idempotency key reused with a different request (SPEC §5).
+    /// 422: an idempotency key reused with a different request.
     pub fn key_reused(field: impl Into<String>, key: &str) -> Self {
         let mut e = Self::invalid(
             field,
@@ -147,6 +147,16 @@ impl ApiError {
 
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+    }
+
+    /// 412: an `If-Match` precondition that the resource's current `ETag` does not meet.
+    pub fn precondition_failed(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition-failed",
+            "Precondition failed",
+            detail,
+        )
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
@@ -255,7 +265,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// The safety net of SPEC §7: an error answer that is not already a problem (one produced outside
+/// The safety net of an error answer that is not already a problem (one produced outside
 /// idem's handlers, such as the Swagger UI's own 404) is replaced by one with the same status. A
 /// short client-error text is kept as the detail; a server error's never is.
 pub async fn ensure_problem(req: Request, next: Next) -> Response {

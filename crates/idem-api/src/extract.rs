@@ -1,4 +1,4 @@
-//! Extractors whose every rejection is an [`ApiError`]: axum's own answer plain text, which SPEC §7
+//! Extractors whose every rejection is an [`ApiError`]: axum's own answer plain text, which the API contract
 //! forbids.
 //!
 //! Invariant: a body is read in three steps, each with its own status — the media type (415), the
@@ -145,7 +145,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
 /// The request header that carries an idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-/// The response header that marks a replayed answer (SPEC §5).
+/// The response header that marks a replayed answer.
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// The `Idempotency-Key` header, validated; 422 naming `idempotency_key` when it is not a valid key.

@@ -1,4 +1,4 @@
-//! `/health`, `/health/live` and `/health/ready` (SPEC §9).
+//! `/health`, `/health/live` and `/health/ready`.
 //!
 //! Invariant: `/health` and `/health/live` answer 200 while the process serves, whatever its
 //! dependencies do; `/health/ready` answers 200 only when the store and every probe answer within

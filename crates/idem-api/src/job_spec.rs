@@ -1,4 +1,4 @@
-//! The job request bodies (SPEC §3) and their validation into a [`JobSpec`].
+//! The job request bodies and their validation into a [`JobSpec`].
 //!
 //! Invariant: creation and PATCH validate through the same function — a PATCH is merged onto the
 //! stored spec first — so a stored job always satisfies the rules that creating it would check.

@@ -1,17 +1,17 @@
 //! `/api/v1/jobs`: create, list, read, change, pause, resume, delete, run now, and the run history
-//! of scheduled jobs (SPEC §3).
+//! of scheduled jobs.
 //!
 //! Invariant: every change goes through the store in one call, and `next_run_at` is recomputed
 //! (`trigger.first_after(now)`) whenever the trigger changes or a job becomes active again, so the
 //! scheduler never fires a slot from before the change or the pause.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use idem_core::job::JobSpec;
-use idem_core::store::JobFilter;
+use idem_core::job::{check_plannable, JobSpec};
+use idem_core::store::{Cas, JobFilter};
 use idem_core::task::Idempotency;
 use idem_core::{
     FireRecord, IdempotencyKey, Job, JobId, JobState, NewTask, StoreError, Task, TaskId, TaskName,
@@ -85,23 +85,133 @@ fn new_job(spec: JobSpec, now: DateTime<Utc>) -> Job {
         last_run_at: None,
         created_at: now,
         updated_at: now,
+        version: 1,
+        quarantine_reason: None,
     }
 }
 
-/// Reads a job; a malformed id names no job, so it is a 404 like an unknown one.
-async fn load(st: &AppState, raw: &str) -> Result<Job, ApiError> {
-    let not_found = || ApiError::not_found(format!("job {raw:?} not found"));
-    let id = JobId::try_from(raw).map_err(|_| not_found())?;
-    st.store.get_job(&id).await?.ok_or_else(not_found)
+/// Parses a job id from the path; a malformed id names no job, so it is a 404 like an unknown one.
+fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    JobId::try_from(raw).map_err(|_| not_found(raw))
 }
 
-async fn save(st: &AppState, job: Job) -> Result<Json<Job>, ApiError> {
-    let id = job.spec.id.to_string();
-    let saved = st.store.update_job(job).await?;
-    // Deleted between the read and the write.
-    saved
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("job {id:?} not found")))
+fn not_found(raw: &str) -> ApiError {
+    ApiError::not_found(format!("job {raw:?} not found"))
+}
+
+/// Reads a job.
+async fn load(st: &AppState, raw: &str) -> Result<Job, ApiError> {
+    st.store
+        .get_job(&job_id(raw)?)
+        .await?
+        .ok_or_else(|| not_found(raw))
+}
+
+/// A job's entity tag: its version, which moves on with every write (API changes and fires).
+fn etag(job: &Job) -> String {
+    format!("\"{}\"", job.version)
+}
+
+/// A job as the answer's body, with its `ETag`.
+fn with_etag(status: StatusCode, job: Job) -> Response {
+    let tag = etag(&job);
+    (status, [(header::ETAG, tag)], Json(job)).into_response()
+}
+
+/// An `If-Match` precondition (RFC 9110 §13.1.1, strong comparison).
+enum IfMatch {
+    /// `*`: any current version.
+    Any,
+    /// The versions the client accepts; a weak or foreign tag matches none.
+    Versions(Vec<i64>),
+}
+
+impl IfMatch {
+    fn from_headers(headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError> {
+        let mut versions = Vec::new();
+        let mut any = false;
+        for value in headers.get_all(header::IF_MATCH) {
+            let value = value
+                .to_str()
+                .map_err(|_| ApiError::bad_request("If-Match must be ASCII"))?;
+            for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if tag == "*" {
+                    any = true;
+                } else if let Some(v) = tag
+                    .strip_prefix('"')
+                    .and_then(|t| t.strip_suffix('"'))
+                    .and_then(|t| t.parse::<i64>().ok())
+                {
+                    versions.push(v);
+                } else if !tag.starts_with("W/\"") && !tag.starts_with('"') {
+                    return Err(ApiError::bad_request(format!(
+                        "If-Match: {tag:?} is not an entity tag (quote it: \"3\")"
+                    )));
+                }
+            }
+        }
+        Ok(if any {
+            Some(IfMatch::Any)
+        } else if versions.is_empty() && headers.get(header::IF_MATCH).is_none() {
+            None
+        } else {
+            Some(IfMatch::Versions(versions))
+        })
+    }
+
+    fn check(&self, job: &Job) -> Result<(), ApiError> {
+        match self {
+            IfMatch::Versions(vs) if !vs.contains(&job.version) => {
+                Err(ApiError::precondition_failed(format!(
+                    "job {} is at version {}, not the one If-Match names",
+                    job.spec.id,
+                    etag(job)
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How many times a change is re-applied to a freshly read job after another write (a fire, a
+/// concurrent change) came between its read and its write.
+const CAS_ATTEMPTS: usize = 8;
+
+/// Applies `change` to the job read now and writes it compare-and-set on the version read, so a
+/// write based on a stale read (a `PATCH` racing a `pause`) never lands. Without `If-Match` a lost
+/// race re-reads and re-applies the change; with it, the race is the client's to see (412). `change`
+/// returns `None` when the job needs no write (pause of a paused job).
+async fn modify(
+    st: &AppState,
+    raw: &str,
+    headers: &HeaderMap,
+    mut change: impl FnMut(Job, DateTime<Utc>) -> Result<Option<Job>, ApiError>,
+) -> Result<Response, ApiError> {
+    let cond = IfMatch::from_headers(headers)?;
+    for _ in 0..CAS_ATTEMPTS {
+        let job = load(st, raw).await?;
+        if let Some(cond) = &cond {
+            cond.check(&job)?;
+        }
+        let read = job.version;
+        let Some(mut changed) = change(job.clone(), now(st).await?)? else {
+            return Ok(with_etag(StatusCode::OK, job));
+        };
+        changed.version = read;
+        match st.store.update_job(changed, read).await? {
+            Cas::Done(saved) => return Ok(with_etag(StatusCode::OK, saved)),
+            Cas::NotFound => return Err(not_found(raw)),
+            Cas::Stale if matches!(cond, Some(IfMatch::Versions(_))) => {
+                return Err(ApiError::precondition_failed(format!(
+                    "job {raw:?} changed after the version If-Match names"
+                )))
+            }
+            Cas::Stale => continue,
+        }
+    }
+    Err(ApiError::conflict(format!(
+        "job {raw:?} kept changing while this change was applied; send it again"
+    )))
 }
 
 /// Creates a job.
@@ -116,7 +226,7 @@ async fn save(st: &AppState, job: Job) -> Result<Json<Job>, ApiError> {
     request_body = CreateJobRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried creation of the same job answer 200 instead of 409")),
     responses(
-        (status = 201, description = "Created", body = Job),
+        (status = 201, description = "Created", body = Job, headers(("ETag" = String, description = "The job's version"))),
         (status = 200, description = "Replay of an identical creation (Idempotent-Replayed: true)", body = Job),
         (status = 409, description = "A job with this id exists", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
@@ -136,7 +246,7 @@ pub async fn create(
         .create_job(new_job(spec.clone(), now), replace)
         .await
     {
-        Ok(job) => Ok((StatusCode::CREATED, Json(job)).into_response()),
+        Ok(job) => Ok(with_etag(StatusCode::CREATED, job)),
         Err(StoreError::JobExists(id)) if key.is_some() => {
             let existing = st.store.get_job(&id).await?;
             // The stored trigger was normalized when the job was created; normalizing the request's
@@ -153,7 +263,18 @@ pub async fn create(
             });
             match existing {
                 Some(job) if same => {
-                    Ok(([(IDEMPOTENT_REPLAYED, "true")], Json(job)).into_response())
+                    let tag = etag(&job);
+                    Ok((
+                        [
+                            (
+                                header::HeaderName::from_static(IDEMPOTENT_REPLAYED),
+                                "true".to_owned(),
+                            ),
+                            (header::ETAG, tag),
+                        ],
+                        Json(job),
+                    )
+                        .into_response())
                 }
                 _ => Err(StoreError::JobExists(id).into()),
             }
@@ -200,109 +321,150 @@ pub async fn list(
 #[utoipa::path(
     get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
     responses(
-        (status = 200, body = Job),
+        (status = 200, body = Job, headers(("ETag" = String, description = "The job's version"))),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn get(State(st): State<AppState>, PathId(id): PathId) -> Result<Json<Job>, ApiError> {
-    load(&st, &id).await.map(Json)
+pub async fn get(State(st): State<AppState>, PathId(id): PathId) -> Result<Response, ApiError> {
+    load(&st, &id)
+        .await
+        .map(|job| with_etag(StatusCode::OK, job))
 }
 
-/// Changes a job's definition. A changed trigger recomputes the next fire from now: an active or
-/// finished job becomes active (or finished, when the new trigger never fires); a paused job stays
-/// paused. An unchanged trigger keeps the state and the next fire.
+/// Changes a job's definition. A changed trigger recomputes the next fire from now: an active,
+/// finished or quarantined job becomes active (or finished, when the new trigger never fires); a
+/// paused job stays paused. An unchanged trigger keeps the state and the next fire.
+///
+/// The write is compare-and-set on the job's version: a change that raced another write (a pause,
+/// a fire) is re-applied to the fresh job, never written over it. With `If-Match`, the change is
+/// applied only to that version (412 otherwise).
 #[utoipa::path(
-    patch, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
+    patch, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Apply only while the job's ETag is one of these (or *); else 412")),
     request_body = PatchJobRequest,
     responses(
-        (status = 200, body = Job),
+        (status = 200, body = Job, headers(("ETag" = String, description = "The job's version"))),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job kept changing while the change was applied", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn patch(
     State(st): State<AppState>,
     PathId(id): PathId,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
-) -> Result<Json<Job>, ApiError> {
+) -> Result<Response, ApiError> {
     let Value::Object(patch) = body else {
         return Err(ApiError::invalid("body", "must be a JSON object"));
     };
-    let now = now(&st).await?;
-    let mut job = load(&st, &id).await?;
-    let spec = merge_patch(&job.spec, patch, &st.registry, now)?;
-    if spec.trigger != job.spec.trigger {
-        let next = spec.trigger.first_after(now);
-        job.next_run_at = next;
-        if job.state != JobState::Paused {
-            job.state = if next.is_some() {
-                JobState::Active
-            } else {
-                JobState::Finished
-            };
+    modify(&st, &id, &headers, |mut job, now| {
+        let spec = merge_patch(&job.spec, patch.clone(), &st.registry, now)?;
+        if spec.trigger != job.spec.trigger {
+            let next = spec.trigger.first_after(now);
+            job.next_run_at = next;
+            if job.state != JobState::Paused {
+                job.state = if next.is_some() {
+                    JobState::Active
+                } else {
+                    JobState::Finished
+                };
+            }
         }
-    }
-    job.spec = spec;
-    job.updated_at = now;
-    save(&st, job).await
+        job.spec = spec;
+        job.updated_at = now;
+        Ok(Some(job))
+    })
+    .await
 }
 
 /// Deletes a job; its unfinished tasks keep running.
 #[utoipa::path(
-    delete, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
+    delete, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Apply only while the job's ETag is one of these (or *); else 412")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn delete(
     State(st): State<AppState>,
     PathId(raw): PathId,
+    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let not_found = || ApiError::not_found(format!("job {raw:?} not found"));
-    let id = JobId::try_from(raw.as_str()).map_err(|_| not_found())?;
-    if st.store.delete_job(&id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(not_found())
+    let id = job_id(&raw)?;
+    let expected = match IfMatch::from_headers(&headers)? {
+        None | Some(IfMatch::Any) => None,
+        Some(cond @ IfMatch::Versions(_)) => {
+            let job = load(&st, &raw).await?;
+            cond.check(&job)?;
+            Some(job.version)
+        }
+    };
+    match st.store.delete_job(&id, expected).await? {
+        Cas::Done(()) => Ok(StatusCode::NO_CONTENT),
+        Cas::NotFound => Err(not_found(&raw)),
+        Cas::Stale => Err(ApiError::precondition_failed(format!(
+            "job {raw:?} changed after the version If-Match names"
+        ))),
     }
 }
 
 /// Pauses a job (idempotent: a paused or finished job is returned unchanged).
 #[utoipa::path(
-    post, path = "/api/v1/jobs/{id}/pause", tag = "jobs", params(("id" = String, Path)),
+    post, path = "/api/v1/jobs/{id}/pause", tag = "jobs", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Apply only while the job's ETag is one of these (or *); else 412")),
     responses(
-        (status = 200, body = Job),
+        (status = 200, body = Job, headers(("ETag" = String, description = "The job's version"))),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job kept changing while the change was applied", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn pause(State(st): State<AppState>, PathId(id): PathId) -> Result<Json<Job>, ApiError> {
-    let mut job = load(&st, &id).await?;
-    if job.state != JobState::Active {
-        return Ok(Json(job));
-    }
-    job.state = JobState::Paused;
-    job.updated_at = now(&st).await?;
-    save(&st, job).await
+pub async fn pause(
+    State(st): State<AppState>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    modify(&st, &id, &headers, |mut job, now| {
+        if job.state != JobState::Active {
+            return Ok(None);
+        }
+        job.state = JobState::Paused;
+        job.updated_at = now;
+        Ok(Some(job))
+    })
+    .await
 }
 
-/// Resumes a paused job from now: fires missed during the pause are not run. Idempotent on an
-/// active job; 409 on a finished one.
+/// Resumes a paused (or quarantined) job from now: fires missed during the pause are not run.
+/// Idempotent on an active job; 409 on a finished one, and on a quarantined one whose trigger is
+/// still invalid (change it with `PATCH`).
 #[utoipa::path(
-    post, path = "/api/v1/jobs/{id}/resume", tag = "jobs", params(("id" = String, Path)),
+    post, path = "/api/v1/jobs/{id}/resume", tag = "jobs", params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "Apply only while the job's ETag is one of these (or *); else 412")),
     responses(
-        (status = 200, body = Job),
+        (status = 200, body = Job, headers(("ETag" = String, description = "The job's version"))),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The job is finished", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job is finished, or quarantined with an invalid trigger", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match names another version", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn resume(State(st): State<AppState>, PathId(id): PathId) -> Result<Json<Job>, ApiError> {
-    let mut job = load(&st, &id).await?;
-    match job.state {
-        JobState::Active => Ok(Json(job)),
+pub async fn resume(
+    State(st): State<AppState>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    modify(&st, &id, &headers, |mut job, now| match job.state {
+        JobState::Active => Ok(None),
         JobState::Finished => Err(ApiError::conflict("job is finished")),
-        JobState::Paused => {
-            let now = now(&st).await?;
+        JobState::Paused | JobState::Quarantined => {
+            if job.state == JobState::Quarantined {
+                check_plannable(&job).map_err(|reason| {
+                    ApiError::conflict(format!(
+                        "job is quarantined and its trigger is still invalid ({reason}); \
+                         change it with PATCH"
+                    ))
+                })?;
+            }
             job.next_run_at = job.spec.trigger.first_after(now);
             job.state = if job.next_run_at.is_some() {
                 JobState::Active
@@ -310,9 +472,10 @@ pub async fn resume(State(st): State<AppState>, PathId(id): PathId) -> Result<Js
                 JobState::Finished
             };
             job.updated_at = now;
-            save(&st, job).await
+            Ok(Some(job))
         }
-    }
+    })
+    .await
 }
 
 /// Fires the job now, outside its trigger: one task with the key `job:{id}:run:{uuid}`.

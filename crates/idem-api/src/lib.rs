@@ -1,4 +1,4 @@
-//! idem's HTTP API (SPEC §3, §4, §7, §9): jobs, tasks, workers, health, metrics, OpenAPI and `/docs`,
+//! idem's HTTP API: jobs, tasks, workers, health, metrics, OpenAPI and `/docs`,
 //! as one axum [`Router`] over a [`Store`].
 //!
 //! Invariants: the store is the only way to data (the API keeps no state of its own beyond metrics);
@@ -35,7 +35,7 @@ pub use error::{ApiError, FieldError, Problem};
 /// use either name.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The body limit used when none is configured (SPEC §7: 1 MiB).
+/// The body limit used when none is configured (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// A dependency that `/health/ready` checks besides the store (a broker, Redis).

@@ -1,4 +1,4 @@
-//! `/metrics` (Prometheus text, SPEC §9) and the metrics the API itself records: submissions,
+//! `/metrics` (Prometheus text) and the metrics the API itself records: submissions,
 //! replays, and every HTTP request by method, route and status.
 //!
 //! Invariant: routes are labelled by their template (`/api/v1/tasks/{id}`), never by the raw path,

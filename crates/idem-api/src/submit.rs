@@ -1,9 +1,9 @@
 //! `POST /api/v1/tasks/submit` and `/submit/batch`: immediate and delayed task submission with
-//! idempotency keys (SPEC §4, §5).
+//! idempotency keys.
 //!
 //! Invariant: the API only builds the tasks and their fingerprints; whether a key is new, a replay
 //! or a conflict is decided by the store, in the one transaction of `Store::submit`. The
-//! fingerprint covers exactly what SPEC §5 says a replay must repeat: task, args, queue, priority
+//! fingerprint covers exactly what a replay must repeat: task, args, queue, priority
 //! and the requested eta or countdown.
 
 use axum::extract::State;
@@ -109,6 +109,15 @@ fn build(
         (None, Some(k)) => c.id::<IdempotencyKey>("idempotency_key", k),
         (None, None) => None,
     };
+    if key.as_ref().is_some_and(|k| k.is_reserved()) {
+        c.push(
+            "idempotency_key",
+            format!(
+                "keys starting with {:?} are reserved for the scheduler's fires",
+                IdempotencyKey::RESERVED_PREFIX
+            ),
+        );
+    }
     let expires_at = c.timestamp("expires_at", req.expires_at.as_deref());
     // `when` is fingerprinted as requested: a replay of "in 60 s" is a replay, whenever it comes.
     let (run_at, when) = match (req.eta.as_deref(), req.countdown_seconds) {

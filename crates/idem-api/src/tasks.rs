@@ -1,4 +1,4 @@
-//! `/api/v1/tasks`: read, list, cancel, and wait for a task's result (SPEC §4).
+//! `/api/v1/tasks`: read, list, cancel, and wait for a task's result.
 //!
 //! Invariant: the result long-poll subscribes to the store's "finished" wake-up *before* it reads the
 //! task, so a task finishing between the read and the wait is never missed; a 250 ms tick covers

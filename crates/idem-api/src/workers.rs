@@ -1,4 +1,4 @@
-//! `GET /api/v1/workers`: the worker processes that sent a heartbeat recently (SPEC §4).
+//! `GET /api/v1/workers`: the worker processes that sent a heartbeat recently.
 //!
 //! Invariant: the list is what the store holds; workers silent for too long are pruned by the
 //! maintenance service, not filtered here.

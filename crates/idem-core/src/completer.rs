@@ -3,9 +3,12 @@
 //! load, many completions share one disk flush; when idle, a single outcome is written at once.
 //!
 //! Invariant: every outcome gets its own answer (fenced or written), exactly as a lone `finish`
-//! would; batching changes how many commits there are, never what is committed.
+//! would; batching changes how many commits there are, never what is committed. Each group's store
+//! call is bounded: a store that stops answering gives an `Unavailable` answer (the attempt retries
+//! its outcome) instead of holding every later completion.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
@@ -28,10 +31,10 @@ pub struct Completer {
 }
 
 impl Completer {
-    /// Starts the writing task (needs a Tokio runtime).
-    pub fn start(store: Arc<dyn Store>) -> Self {
+    /// Starts the writing task (needs a Tokio runtime); a group's write is given up after `bound`.
+    pub fn start(store: Arc<dyn Store>, bound: Duration) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(run(store, rx));
+        tokio::spawn(run(store, rx, bound));
         Self { tx }
     }
 
@@ -51,7 +54,7 @@ impl Completer {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Completion>) {
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Completion>, bound: Duration) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -61,12 +64,24 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Completion>) {
             }
         }
         metrics::histogram!("idem_completion_group_size").record(group.len() as f64);
-        let now = match store.now().await {
-            Ok(now) => now,
-            Err(_) => crate::time::trunc_ms(Utc::now()),
-        };
         let items = group.iter().map(|c| (c.lease, c.finish.clone())).collect();
-        match store.finish_many(items, now).await {
+        let write = async {
+            let now = match store.now().await {
+                Ok(now) => now,
+                Err(_) => crate::time::trunc_ms(Utc::now()),
+            };
+            store.finish_many(items, now).await
+        };
+        // A write that timed out may still have committed; its retry is then refused as fenced,
+        // which the attempt treats as already recorded.
+        let written = tokio::time::timeout(bound, write)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "the outcome write timed out".into(),
+                ))
+            });
+        match written {
             Ok(results) => {
                 for (c, r) in group.into_iter().zip(results) {
                     let _ = c.reply.send(r);

@@ -77,14 +77,14 @@ impl Dispatcher {
             let backoff = chrono::Duration::from_std(RETRY_AFTER_FAILURE).unwrap_or_default();
             let _ = self
                 .store
-                .mark_dispatched(&ids, now - window + backoff)
+                .mark_dispatched(&ids, mark, now - window + backoff)
                 .await;
             return Err(e.to_string());
         }
         let confirmed = self.store.now().await.unwrap_or(now);
         // If this fails, the provisional mark stands: a duplicate message after the publish
         // lease, which the worker's claim drops.
-        let _ = self.store.mark_dispatched(&ids, confirmed).await;
+        let _ = self.store.mark_dispatched(&ids, mark, confirmed).await;
         metrics::counter!("idem_dispatched_total").increment(hints.len() as u64);
         Ok(hints.len())
     }

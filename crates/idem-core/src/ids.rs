@@ -115,8 +115,17 @@ impl QueueName {
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
+    /// Keys starting with this belong to the scheduler (one per fire, and manual runs); a client
+    /// submission with such a key is refused, so no client can take a fire's key before it fires.
+    pub const RESERVED_PREFIX: &'static str = "job:";
+
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether the key is in the scheduler's namespace ([`Self::RESERVED_PREFIX`]).
+    pub fn is_reserved(&self) -> bool {
+        self.0.starts_with(Self::RESERVED_PREFIX)
     }
 
     /// The key of one scheduled fire: `job:{job_id}:{scheduled_at in RFC 3339, milliseconds, UTC}`.
@@ -213,6 +222,21 @@ mod tests {
             IdempotencyKey::for_fire(&job, at).as_str(),
             "job:j1:2026-03-29T01:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn fire_keys_are_in_the_reserved_namespace_and_client_keys_are_not() {
+        let job = JobId::try_from("j1").unwrap();
+        assert!(IdempotencyKey::for_fire(&job, chrono::Utc::now()).is_reserved());
+        assert!(!IdempotencyKey::try_from("order-42".to_owned())
+            .unwrap()
+            .is_reserved());
+        assert!(!IdempotencyKey::try_from("JOB:x".to_owned())
+            .unwrap()
+            .is_reserved());
+        assert!(!IdempotencyKey::try_from("myjob:x".to_owned())
+            .unwrap()
+            .is_reserved());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Jobs: a task fired on a trigger, and the pure planning of what a due job's fires become
-//! (`fired`, `missed`, `skipped_overlap`).
+//! (`fired`, `missed`, `skipped_overlap`; `key_conflict` is decided by the store).
 //!
 //! Invariant: a fire is identified by `(job_id, scheduled_at)`; [`plan_fires`] never plans one slot
 //! twice and always moves `next_run_at` past every slot it planned, so a store that applies the plan in
@@ -22,6 +22,10 @@ pub enum JobState {
     Paused,
     /// The trigger will never fire again (a date job that fired, or past `end_at`).
     Finished,
+    /// The scheduler could not read or plan the job (a stored trigger this version refuses, a row
+    /// written by something else): it is set aside so that the other jobs keep firing, with the
+    /// reason in `quarantine_reason`. A `PATCH` with a valid trigger, or `resume`, makes it active.
+    Quarantined,
 }
 
 impl JobState {
@@ -30,6 +34,7 @@ impl JobState {
             JobState::Active => "active",
             JobState::Paused => "paused",
             JobState::Finished => "finished",
+            JobState::Quarantined => "quarantined",
         }
     }
 }
@@ -41,6 +46,7 @@ impl std::str::FromStr for JobState {
             "active" => Ok(JobState::Active),
             "paused" => Ok(JobState::Paused),
             "finished" => Ok(JobState::Finished),
+            "quarantined" => Ok(JobState::Quarantined),
             _ => Err(format!("unknown job state {s:?}")),
         }
     }
@@ -78,6 +84,14 @@ pub struct Job {
     pub last_run_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Grows by one with every write of the job — API changes and each fire alike — so a writer
+    /// that read version `v` can write only if nobody wrote since (compare-and-set). It is the
+    /// job's `ETag`.
+    #[serde(default)]
+    pub version: i64,
+    /// Why the scheduler set the job aside (state `quarantined`); `null` otherwise.
+    #[serde(default)]
+    pub quarantine_reason: Option<String>,
 }
 
 impl Job {
@@ -116,6 +130,9 @@ pub enum FireOutcome {
     Missed,
     /// `max_instances` of the job's tasks were unfinished: skipped.
     SkippedOverlap,
+    /// The slot's key (`job:{id}:{slot}`) was already held by a task with another request — one
+    /// submitted by a client before the `job:` namespace was reserved: no task was made.
+    KeyConflict,
 }
 
 impl FireOutcome {
@@ -124,6 +141,7 @@ impl FireOutcome {
             FireOutcome::Fired => "fired",
             FireOutcome::Missed => "missed",
             FireOutcome::SkippedOverlap => "skipped_overlap",
+            FireOutcome::KeyConflict => "key_conflict",
         }
     }
 }
@@ -135,6 +153,7 @@ impl std::str::FromStr for FireOutcome {
             "fired" => Ok(FireOutcome::Fired),
             "missed" => Ok(FireOutcome::Missed),
             "skipped_overlap" => Ok(FireOutcome::SkippedOverlap),
+            "key_conflict" => Ok(FireOutcome::KeyConflict),
             _ => Err(format!("unknown fire outcome {s:?}")),
         }
     }
@@ -151,6 +170,38 @@ pub struct FireRecord {
     pub outcome: FireOutcome,
     /// When the scheduler decided (its lateness is `recorded_at - scheduled_at`).
     pub recorded_at: DateTime<Utc>,
+}
+
+/// A job the scheduler set aside instead of firing (state `quarantined`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quarantined {
+    /// The row's id as stored (it may not even be a valid [`JobId`]).
+    pub job_id: String,
+    pub reason: String,
+}
+
+/// What one `fire_due` call did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FirePass {
+    /// Every slot recorded, each with its outcome.
+    pub fires: Vec<FireRecord>,
+    /// Jobs that could not be read or planned; the others fired all the same.
+    pub quarantined: Vec<Quarantined>,
+    /// How many due jobs the call took (fired, skipped or quarantined): a caller repeats while this
+    /// reaches its limit.
+    pub jobs: usize,
+}
+
+/// Whether a stored job can be planned at all: its trigger is one this version accepts. Asked only
+/// when a plan says the job finished — an invalid trigger also "never fires again", and must be
+/// quarantined instead of silently finished.
+pub fn check_plannable(job: &Job) -> Result<(), String> {
+    job.spec
+        .trigger
+        .clone()
+        .normalize(job.created_at)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// One planned fire.
@@ -260,6 +311,8 @@ mod tests {
             last_run_at: None,
             created_at: t(0),
             updated_at: t(0),
+            version: 1,
+            quarantine_reason: None,
         }
     }
 

@@ -28,15 +28,18 @@ impl Scheduler {
         Self { store, max_sleep }
     }
 
-    /// One pass: fires every job due at `now`.
+    /// One pass: fires every job due at `now`. Quarantined jobs are logged and counted here.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Vec<FireRecord>, StoreError> {
         let mut all = Vec::new();
         loop {
-            let fires = self.store.fire_due(now, FIRE_BATCH).await?;
-            let jobs: std::collections::HashSet<_> = fires.iter().map(|f| &f.job_id).collect();
-            let full = jobs.len() as u32 >= FIRE_BATCH;
-            all.extend(fires);
-            if !full {
+            let pass = self.store.fire_due(now, FIRE_BATCH).await?;
+            for q in &pass.quarantined {
+                tracing::error!(job_id = %q.job_id, reason = %q.reason,
+                    "job quarantined: it cannot be read or planned; the other jobs fire as usual");
+                metrics::counter!("idem_jobs_quarantined_total").increment(1);
+            }
+            all.extend(pass.fires);
+            if pass.jobs < FIRE_BATCH as usize {
                 return Ok(all);
             }
         }
@@ -89,6 +92,10 @@ impl Scheduler {
         for f in &fires {
             metrics::counter!("idem_scheduler_fires_total", "outcome" => f.outcome.as_str())
                 .increment(1);
+            if f.outcome == FireOutcome::KeyConflict {
+                tracing::warn!(job_id = %f.job_id, scheduled_at = %f.scheduled_at,
+                    "fire recorded as key_conflict: its key is held by a task with another request");
+            }
             if f.outcome == FireOutcome::Fired {
                 let late = (f.recorded_at - f.scheduled_at)
                     .num_microseconds()

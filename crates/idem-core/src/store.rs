@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 
 use crate::broker::Hint;
 use crate::ids::{JobId, QueueName, TaskId, TaskName, WorkerId};
-use crate::job::{FireRecord, Job, JobState};
+use crate::job::{FirePass, FireRecord, Job, JobState};
 use crate::task::{Claim, Finish, NewTask, Submitted, Task, TaskState};
 use crate::wakeups::Wakeups;
 use crate::worker_info::WorkerInfo;
@@ -82,6 +82,15 @@ pub struct TaskFilter {
     pub job_id: Option<JobId>,
 }
 
+/// The outcome of a compare-and-set write: done, no such row, or the row changed since it was read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cas<T> {
+    Done(T),
+    NotFound,
+    /// The row's version is no longer the one the writer read: nothing was written.
+    Stale,
+}
+
 /// A claim request from a worker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimRequest {
@@ -140,9 +149,11 @@ pub trait Store: Send + Sync + 'static {
         filter: &JobFilter,
         page: &PageRequest,
     ) -> Result<Page<Job>, StoreError>;
-    /// Overwrites a job's definition, state and `next_run_at`; `None` if it does not exist.
-    async fn update_job(&self, job: Job) -> Result<Option<Job>, StoreError>;
-    async fn delete_job(&self, id: &JobId) -> Result<bool, StoreError>;
+    /// Overwrites a job's definition, state and `next_run_at` if its version is still `expected`
+    /// (compare-and-set), and moves the version on; `Stale` when another write came between.
+    async fn update_job(&self, job: Job, expected: i64) -> Result<Cas<Job>, StoreError>;
+    /// Deletes a job and its history; with `expected`, only while its version is that one.
+    async fn delete_job(&self, id: &JobId, expected: Option<i64>) -> Result<Cas<()>, StoreError>;
     /// The job's fire history, newest first.
     async fn job_runs(&self, id: &JobId, limit: u32) -> Result<Vec<FireRecord>, StoreError>;
 
@@ -151,8 +162,9 @@ pub trait Store: Send + Sync + 'static {
     /// Fires up to `limit` due active jobs: for each, in one transaction, plans its fires
     /// ([`crate::job::plan_fires`]), inserts the fired tasks (key `job:{id}:{slot}`), records the
     /// history and advances `next_run_at`. Two schedulers calling this at once fire each slot once.
-    async fn fire_due(&self, now: DateTime<Utc>, limit: u32)
-        -> Result<Vec<FireRecord>, StoreError>;
+    /// A slot whose key is held by another request is recorded as `key_conflict`; a job that cannot
+    /// be read or planned is quarantined; neither stops the other jobs of the call.
+    async fn fire_due(&self, now: DateTime<Utc>, limit: u32) -> Result<FirePass, StoreError>;
     /// The earliest `next_run_at` of the active jobs.
     async fn next_fire_at(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
 
@@ -250,7 +262,17 @@ pub trait Store: Send + Sync + 'static {
     /// Sets the publish mark of queued tasks to `at`: they are taken for dispatch again once `at` is
     /// older than the redelivery window. After the broker's confirm, `at` is the confirm time; after a
     /// failed publish, a time that makes them eligible again after a short backoff.
-    async fn mark_dispatched(&self, _ids: &[TaskId], _at: DateTime<Utc>) -> Result<(), StoreError> {
+    ///
+    /// Compare-and-set on the provisional mark: only tasks still carrying `taken` (the `mark` their
+    /// `take_for_dispatch` set) change. A task taken again since — a newer attempt re-queued, or
+    /// another dispatcher after the publish lease — keeps its newer mark, so a late confirm cannot
+    /// make a message that was never published look published.
+    async fn mark_dispatched(
+        &self,
+        _ids: &[TaskId],
+        _taken: DateTime<Utc>,
+        _at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         Err(StoreError::Unavailable("this store has no outbox".into()))
     }
 

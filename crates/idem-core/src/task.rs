@@ -1,4 +1,4 @@
-//! Tasks: one execution of a registered handler, its state machine (SPEC §4) and the values the
+//! Tasks: one execution of a registered handler, its state machine and the values the
 //! store and the engines exchange about it.
 //!
 //! Invariant: a task reaches a final state (`succeeded`, `failed`, `cancelled`, `expired`) once; the
@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ids::{IdempotencyKey, JobId, QueueName, TaskId, TaskName};
 
-/// Where a task is in its life (SPEC §4).
+/// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
@@ -62,7 +62,7 @@ impl TaskState {
         )
     }
 
-    /// The state machine of SPEC §4.
+    /// The state machine of a task.
     pub fn can_become(self, next: TaskState) -> bool {
         use TaskState::*;
         match self {

@@ -6,6 +6,7 @@
 //! `format!` (variable-length lists are bound as one value: a JSON array in SQLite, an array in
 //! PostgreSQL).
 
+mod fire;
 pub mod postgres;
 pub mod sqlite;
 

@@ -1,7 +1,7 @@
 //! `http` `{"url","method"="POST","headers"={},"body"?,"timeout_seconds"=30}`: sends one request and
 //! returns `{"status","body"}`.
 //!
-//! Invariants: every request carries `Idempotency-Key`, `Idem-Task-Id` and `Idem-Attempt` (SPEC §5),
+//! Invariants: every request carries `Idempotency-Key`, `Idem-Task-Id` and `Idem-Attempt`,
 //! so a receiver can make its own effect exactly once; outcomes map to what happens next — 2xx/3xx
 //! succeed, 5xx, 408, 429, timeouts and connection errors retry (honouring a `Retry-After` in
 //! seconds on 429/503), other 4xx give up; with the address guard on (the default), no request

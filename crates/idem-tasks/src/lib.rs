@@ -1,4 +1,4 @@
-//! idem's built-in tasks — `noop`, `echo`, `sleep`, `fail`, `http` and `shell` (SPEC §6) — registered
+//! idem's built-in tasks — `noop`, `echo`, `sleep`, `fail`, `http` and `shell` — registered
 //! through the same public [`Registry`] API that user handlers use, one module per task.
 //!
 //! Invariant: nothing here is special to the engine; each built-in is a typed closure whose
@@ -19,7 +19,7 @@ mod sleep;
 pub struct BuiltinConfig {
     /// `IDEM_HTTP_ALLOW_PRIVATE`: let the `http` task reach loopback, private, link-local and
     /// cloud-metadata addresses. Off by default, so a submitted task cannot probe the network the
-    /// worker sits in (SPEC §8).
+    /// worker sits in.
     pub http_allow_private: bool,
     /// `IDEM_SHELL_ALLOW`: the program names or absolute paths the `shell` task may run, compared
     /// exactly with the `program` argument. Empty means the `shell` task refuses everything.

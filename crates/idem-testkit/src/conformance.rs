@@ -1,14 +1,15 @@
-//! The store conformance suite: the invariants of SPEC §5 as tests, written against the `Store` trait
+//! The store conformance suite: the guarantees of the README as tests, written against the `Store` trait
 //! only. Each case takes a fresh, empty store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use idem_core::store::{ClaimRequest, JobFilter, Lease, PageRequest, TaskFilter};
+use idem_core::store::{Cas, ClaimRequest, JobFilter, Lease, PageRequest, TaskFilter};
+use idem_core::task::Idempotency;
 use idem_core::{
-    ErrorInfo, Finish, FireOutcome, JobId, JobState, QueueName, Store, StoreError, TaskState,
-    WorkerId, WorkerInfo,
+    ErrorInfo, Finish, FireOutcome, IdempotencyKey, JobId, JobState, QueueName, Store, StoreError,
+    TaskState, Trigger, WorkerId, WorkerInfo,
 };
 use serde_json::json;
 
@@ -503,7 +504,10 @@ pub async fn jobs_are_created_listed_updated_and_deleted(store: S) {
     let id = JobId::try_from("b").unwrap();
     let mut b = store.get_job(&id).await.unwrap().unwrap();
     b.state = JobState::Paused;
-    let updated = store.update_job(b).await.unwrap().unwrap();
+    let read = b.version;
+    let Cas::Done(updated) = store.update_job(b, read).await.unwrap() else {
+        panic!("the update applies to the version read")
+    };
     assert_eq!(updated.state, JobState::Paused);
     let paused = store
         .list_jobs(
@@ -519,8 +523,8 @@ pub async fn jobs_are_created_listed_updated_and_deleted(store: S) {
         .await
         .unwrap();
     assert_eq!(paused.items.len(), 1);
-    assert!(store.delete_job(&id).await.unwrap());
-    assert!(!store.delete_job(&id).await.unwrap());
+    assert_eq!(store.delete_job(&id, None).await.unwrap(), Cas::Done(()));
+    assert_eq!(store.delete_job(&id, None).await.unwrap(), Cas::NotFound);
     assert!(store.get_job(&id).await.unwrap().is_none());
 }
 
@@ -591,7 +595,7 @@ pub async fn fires_record_missed_and_skipped_overlap(store: S) {
     store.create_job(late, false).await.unwrap();
     store.create_job(overlap, false).await.unwrap();
 
-    let fires = store.fire_due(start + secs(5.0), 10).await.unwrap();
+    let fires = store.fire_due(start + secs(5.0), 10).await.unwrap().fires;
     let by_job: HashMap<_, _> = fires
         .iter()
         .map(|f| (f.job_id.to_string(), f.outcome))
@@ -599,7 +603,7 @@ pub async fn fires_record_missed_and_skipped_overlap(store: S) {
     assert_eq!(by_job["late"], FireOutcome::Missed);
     assert_eq!(by_job["overlap"], FireOutcome::Fired);
     // The overlap job's first task is still queued at its next slot.
-    let fires = store.fire_due(start + secs(10.0), 10).await.unwrap();
+    let fires = store.fire_due(start + secs(10.0), 10).await.unwrap().fires;
     let by_job: HashMap<_, _> = fires
         .iter()
         .map(|f| (f.job_id.to_string(), f.outcome))
@@ -624,6 +628,147 @@ pub async fn fires_record_missed_and_skipped_overlap(store: S) {
     assert_eq!(job.last_run_at, Some(start));
 }
 
+pub async fn a_fire_whose_key_is_taken_is_recorded_and_the_other_jobs_fire(store: S) {
+    let start = t0();
+    store
+        .create_job(interval_job("taken", 10.0, start), false)
+        .await
+        .unwrap();
+    store
+        .create_job(interval_job("free", 10.0, start), false)
+        .await
+        .unwrap();
+    // A task that took the first slot's key with another request (a client before the namespace was
+    // reserved; the API refuses such keys now, the store does not).
+    let key = IdempotencyKey::for_fire(&JobId::try_from("taken").unwrap(), start);
+    let mut squatter = task(start);
+    squatter.idempotency = Some(Idempotency {
+        key,
+        fingerprint: "another request".into(),
+        ttl_seconds: 3600.0,
+    });
+    store.submit(vec![squatter], start).await.unwrap();
+
+    let pass = store.fire_due(start + secs(1.0), 10).await.unwrap();
+    let by_job: HashMap<_, _> = pass
+        .fires
+        .iter()
+        .map(|f| (f.job_id.to_string(), (f.outcome, f.task_id)))
+        .collect();
+    assert_eq!(by_job["taken"], (FireOutcome::KeyConflict, None));
+    assert_eq!(by_job["free"].0, FireOutcome::Fired);
+    let runs = store
+        .job_runs(&JobId::try_from("taken").unwrap(), 10)
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 1, "the slot has its history row");
+    assert_eq!(runs[0].outcome, FireOutcome::KeyConflict);
+    // The job moved on and fires its next slot.
+    let pass = store.fire_due(start + secs(10.0), 10).await.unwrap();
+    assert!(pass
+        .fires
+        .iter()
+        .any(|f| f.job_id.as_str() == "taken" && f.outcome == FireOutcome::Fired));
+}
+
+pub async fn a_job_with_an_invalid_trigger_is_quarantined_and_the_others_fire(store: S) {
+    let start = t0();
+    let mut broken = interval_job("broken", 10.0, start);
+    // A trigger this version refuses (the store does not validate; an older version might have).
+    broken.spec.trigger = Trigger::Cron {
+        expr: "not a cron".into(),
+        timezone: "UTC".into(),
+        start_at: None,
+        end_at: None,
+    };
+    store.create_job(broken, false).await.unwrap();
+    store
+        .create_job(interval_job("fine", 10.0, start), false)
+        .await
+        .unwrap();
+
+    let pass = store.fire_due(start + secs(1.0), 10).await.unwrap();
+    assert_eq!(pass.quarantined.len(), 1, "{pass:?}");
+    assert_eq!(pass.quarantined[0].job_id, "broken");
+    assert!(
+        pass.quarantined[0].reason.contains("trigger.expr"),
+        "{pass:?}"
+    );
+    assert_eq!(pass.fires.len(), 1);
+    assert_eq!(pass.fires[0].job_id.as_str(), "fine");
+    let job = store
+        .get_job(&JobId::try_from("broken").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.state, JobState::Quarantined);
+    assert!(job.quarantine_reason.is_some());
+    // Set aside: the next pass neither fires nor reports it again.
+    let pass = store.fire_due(start + secs(10.0), 10).await.unwrap();
+    assert!(pass.quarantined.is_empty());
+    assert!(pass.fires.iter().all(|f| f.job_id.as_str() == "fine"));
+}
+
+pub async fn job_writes_are_compare_and_set_on_the_version(store: S) {
+    let start = t0();
+    let created = store
+        .create_job(interval_job("cas", 10.0, start), false)
+        .await
+        .unwrap();
+    let v1 = created.version;
+    let id = created.spec.id.clone();
+
+    // Two writers read v1; the first one's pause lands, the second one's stale copy does not.
+    let mut paused = created.clone();
+    paused.state = JobState::Paused;
+    let Cas::Done(after_pause) = store.update_job(paused, v1).await.unwrap() else {
+        panic!("the first write applies")
+    };
+    assert!(after_pause.version > v1);
+    let mut stale = created.clone();
+    stale.spec.name = Some("renamed".into());
+    assert_eq!(store.update_job(stale, v1).await.unwrap(), Cas::Stale);
+    let now = store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(now.state, JobState::Paused, "the pause was not overwritten");
+    assert_eq!(now.spec.name, created.spec.name);
+
+    // A fire moves the version on too.
+    let mut active = now.clone();
+    active.state = JobState::Active;
+    let Cas::Done(active) = store.update_job(active, now.version).await.unwrap() else {
+        panic!("resume applies")
+    };
+    store.fire_due(start + secs(1.0), 10).await.unwrap();
+    let fired = store.get_job(&id).await.unwrap().unwrap();
+    assert!(fired.version > active.version, "a fire is a write");
+    assert_eq!(
+        store
+            .update_job(active.clone(), active.version)
+            .await
+            .unwrap(),
+        Cas::Stale
+    );
+
+    // Replacing continues the version, so a version read before matches nothing after.
+    let replaced = store
+        .create_job(interval_job("cas", 5.0, start), true)
+        .await
+        .unwrap();
+    assert!(replaced.version > fired.version);
+
+    // Deletes: a stale version deletes nothing; the current one does.
+    assert_eq!(
+        store.delete_job(&id, Some(fired.version)).await.unwrap(),
+        Cas::Stale
+    );
+    assert_eq!(
+        store.delete_job(&id, Some(replaced.version)).await.unwrap(),
+        Cas::Done(())
+    );
+    let missing = interval_job("never-created", 10.0, start);
+    assert_eq!(store.update_job(missing, 1).await.unwrap(), Cas::NotFound);
+}
+
 pub async fn workers_report_heartbeats(store: S) {
     let now = t0();
     let info = WorkerInfo {
@@ -645,6 +790,58 @@ pub async fn workers_report_heartbeats(store: S) {
     assert_eq!(store.list_workers().await.unwrap(), vec![again]);
     store.remove_worker(&info.id).await.unwrap();
     assert!(store.list_workers().await.unwrap().is_empty());
+}
+
+pub async fn a_late_publish_confirm_does_not_mark_a_newer_take_published(store: S) {
+    let now = t0();
+    let window = secs(300.0);
+    let lease = secs(10.0);
+    let mark = |t: DateTime<Utc>| t - window + lease;
+    let id = store.submit(vec![task(now)], now).await.unwrap()[0].task.id;
+    // Attempt 1's message is taken; its confirm is slow. Meanwhile the task runs, fails and is due
+    // again, and attempt 2's message is taken.
+    let first = store
+        .take_for_dispatch(now, 10, now - window, mark(now))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    let claim = store
+        .claim(&req("w", &["default"], 1, now))
+        .await
+        .unwrap()
+        .remove(0);
+    let retry_at = now + secs(1.0);
+    store
+        .finish(
+            lease_of(&claim.task),
+            Finish::Retry {
+                at: retry_at,
+                error: ErrorInfo::new("error", "x"),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let t2 = retry_at + secs(0.5);
+    let second = store
+        .take_for_dispatch(t2, 10, t2 - window, mark(t2))
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    // Attempt 1's confirm arrives now: it must not stamp attempt 2's take.
+    store.mark_dispatched(&[id], mark(now), t2).await.unwrap();
+    // Attempt 2's publish was never confirmed: after its publish lease (not after the whole
+    // redelivery window) the task is handed out again.
+    let t3 = t2 + lease + secs(1.0);
+    let again = store
+        .take_for_dispatch(t3, 10, t3 - window, mark(t3))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.iter().map(|h| h.task_id).collect::<Vec<_>>(),
+        vec![id],
+        "the late confirm of an older take stamped the newer one"
+    );
 }
 
 pub async fn the_outbox_hands_out_each_queued_task_once_until_redelivery(store: S) {
@@ -682,11 +879,18 @@ pub async fn the_outbox_hands_out_each_queued_task_once_until_redelivery(store: 
 
     // Two are confirmed; the third's dispatcher died before the confirm: after the publish lease,
     // another dispatcher takes it over, and only it.
-    store.mark_dispatched(&ids[..2], now).await.unwrap();
+    let mark = |t: DateTime<Utc>| t - window + lease;
+    store
+        .mark_dispatched(&ids[..2], mark(now), now)
+        .await
+        .unwrap();
     assert!(take(now + secs(9.0)).await.is_empty());
     let t1 = now + secs(11.0);
     assert_eq!(take(t1).await, [ids[2]].into_iter().collect());
-    store.mark_dispatched(&ids[2..3], t1).await.unwrap();
+    store
+        .mark_dispatched(&ids[2..3], mark(t1), t1)
+        .await
+        .unwrap();
 
     // A claimed task needs no message; confirmed ones still unclaimed are published again after the
     // redelivery window, and the scheduled one once it is due.

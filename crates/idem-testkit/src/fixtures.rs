@@ -73,5 +73,7 @@ pub fn interval_job(id: &str, every: f64, start: DateTime<Utc>) -> Job {
         last_run_at: None,
         created_at: start,
         updated_at: start,
+        version: 1,
+        quarantine_reason: None,
     }
 }

@@ -5,6 +5,7 @@
 //! to the same behaviour by the same code.
 
 pub mod conformance;
+pub mod faulty;
 pub mod fixtures;
 pub mod locks_conformance;
 pub mod services;
@@ -34,8 +35,12 @@ macro_rules! store_conformance_tests {
             jobs_are_created_listed_updated_and_deleted,
             two_schedulers_fire_each_slot_once,
             fires_record_missed_and_skipped_overlap,
+            a_fire_whose_key_is_taken_is_recorded_and_the_other_jobs_fire,
+            a_job_with_an_invalid_trigger_is_quarantined_and_the_others_fire,
+            job_writes_are_compare_and_set_on_the_version,
             workers_report_heartbeats,
             the_outbox_hands_out_each_queued_task_once_until_redelivery,
+            a_late_publish_confirm_does_not_mark_a_newer_take_published,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {

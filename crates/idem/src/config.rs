@@ -1,4 +1,4 @@
-//! The one configuration struct: every setting is a flag and an `IDEM_*` variable (SPEC §2), parsed
+//! The one configuration struct: every setting is a flag and an `IDEM_*` variable, parsed
 //! and checked here, at the edge, so the roles start from values that are known to be valid.
 //!
 //! Invariant: nothing else in idem reads the environment; a bad setting becomes a `ConfigError` that

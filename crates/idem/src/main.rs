@@ -1,4 +1,4 @@
-//! `idem`: one binary for every role (SPEC §2). Bad settings end the process with one line naming
+//! `idem`: one binary for every role. Bad settings end the process with one line naming
 //! the setting and exit code 2; SIGTERM/SIGINT begin a graceful shutdown.
 
 use std::process::ExitCode;

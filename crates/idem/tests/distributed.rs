@@ -1,4 +1,4 @@
-//! Distributed deployments of the real binary (SPEC §1, §2, §5): one API, three schedulers and two
+//! Distributed deployments of the real binary: one API, three schedulers and two
 //! workers share one fresh PostgreSQL database — with RabbitMQ and Redis (the full shape) or alone
 //! (Postgres only). Jobs fire every second and keyed submissions arrive, some of them concurrent
 //! duplicates, while one scheduler and one worker are killed with SIGKILL. Afterwards every fire has

@@ -83,7 +83,7 @@ impl App {
         let res = self.router.clone().oneshot(req).await.expect("infallible");
         let status = res.status();
         let headers = res.headers().clone();
-        // SPEC §7: every error of the API is a problem, whatever the route.
+        // every error of the API is a problem, whatever the route.
         if status.is_client_error() || status.is_server_error() {
             assert_eq!(
                 headers.get("content-type").and_then(|v| v.to_str().ok()),

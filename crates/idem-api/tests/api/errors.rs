@@ -1,4 +1,4 @@
-//! SPEC §7: every bad request is answered with its status as `application/problem+json` (the
+//! every bad request is answered with its status as `application/problem+json` (the
 //! request helpers assert the content type of every error answer).
 
 use axum::http::StatusCode;

@@ -352,3 +352,40 @@ async fn submission_validation_reports_every_invalid_field() {
         ]
     );
 }
+
+#[tokio::test]
+async fn keys_in_the_schedulers_job_namespace_are_refused_single_and_batch() {
+    let app = spawn_app().await;
+    // The key a fire of job "nightly" would use, before that slot has fired.
+    let key = "job:nightly:2030-01-01T03:00:00.000Z";
+    let (status, _, problem) = app
+        .post(
+            "/api/v1/tasks/submit",
+            json!({"task": "noop", "idempotency_key": key}),
+        )
+        .await;
+    assert_problem(status, &problem, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(fields(&problem), ["idempotency_key"]);
+
+    let (status, _, problem) = app
+        .send(
+            "POST",
+            "/api/v1/tasks/submit",
+            Some(json!({"task": "noop"})),
+            &[("idempotency-key", key)],
+        )
+        .await;
+    assert_problem(status, &problem, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(fields(&problem), ["idempotency_key"]);
+
+    let batch = json!({"items": [
+        {"task": "noop", "idempotency_key": "fine"},
+        {"task": "noop", "idempotency_key": "job:x:run:1"},
+    ]});
+    let (status, _, problem) = app.post("/api/v1/tasks/submit/batch", batch).await;
+    assert_problem(status, &problem, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(fields(&problem), ["items[1].idempotency_key"]);
+    // Nothing of the refused batch was stored.
+    let (_, _, page) = app.get("/api/v1/tasks").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0);
+}

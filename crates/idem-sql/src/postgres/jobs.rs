@@ -1,21 +1,24 @@
-//! Job SQL for PostgreSQL, and `fire_due`: locking due jobs (`FOR UPDATE SKIP LOCKED`, so
-//! schedulers split the due jobs between them instead of queueing on each other), inserting their
-//! fires' tasks and history and advancing `next_run_at` in one transaction.
+//! Job SQL for PostgreSQL, and its statements of the shared fire loop ([`crate::fire`]): due jobs
+//! are locked with `FOR UPDATE SKIP LOCKED`, so schedulers split them instead of queueing on each
+//! other.
 //!
-//! Invariant: a fire is recorded by inserting its `(job_id, scheduled_at)` history row, and only
-//! the transaction whose insert succeeds makes its task, so each slot fires once.
+//! Invariant: every write of a job moves its `version` on, and the API's writes are compare-and-set
+//! on it, so a write based on a stale read changes nothing.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use idem_core::job::{plan_fires, FireOutcome};
-use idem_core::store::{JobFilter, Page, PageRequest};
-use idem_core::{FireRecord, Job, JobId, JobState, StoreError};
-use sqlx::{PgConnection, PgPool};
+use idem_core::job::FireOutcome;
+use idem_core::store::{Cas, JobFilter, Page, PageRequest};
+use idem_core::{FireRecord, Job, JobId, JobState, NewTask, StoreError, Submitted, TaskId};
+use sqlx::{PgConnection, PgPool, Row};
 
 use super::{rows, submit};
 use crate::db_err;
+use crate::fire::{DueJob, FireSteps};
 
 /// Inserts a job; an existing one is overwritten only when `replace` (else `JobExists`). One
-/// statement, so two creators of one id never both succeed without `replace`.
+/// statement, so two creators of one id never both succeed without `replace`. A replacing job's
+/// version continues the old one's, so a version read before the replacement never matches after.
 pub(super) async fn create(
     tx: &mut PgConnection,
     job: Job,
@@ -36,7 +39,8 @@ pub(super) async fn create(
              max_retries = excluded.max_retries, timeout_seconds = excluded.timeout_seconds,
              idempotency_ttl_seconds = excluded.idempotency_ttl_seconds, state = excluded.state,
              next_run_at = excluded.next_run_at, last_run_at = excluded.last_run_at,
-             created_at = excluded.created_at, updated_at = excluded.updated_at
+             created_at = excluded.created_at, updated_at = excluded.updated_at,
+             version = jobs.version + 1, quarantine_reason = NULL
          WHERE $20
          RETURNING *",
     )
@@ -103,15 +107,21 @@ pub(super) async fn list(
     }))
 }
 
-/// Overwrites the definition, state and next fire; keeps `created_at` and `last_run_at`.
-pub(super) async fn update(tx: &mut PgConnection, job: Job) -> Result<Option<Job>, StoreError> {
+/// Overwrites the definition, state and next fire if the version is still `expected`; keeps
+/// `created_at` and `last_run_at`. A job that leaves `quarantined` drops its reason.
+pub(super) async fn update(
+    tx: &mut PgConnection,
+    job: Job,
+    expected: i64,
+) -> Result<Cas<Job>, StoreError> {
     let s = &job.spec;
     let row = sqlx::query(
         "UPDATE jobs SET name = $1, task = $2, args = $3, trigger = $4, misfire_grace_seconds = $5,
              coalesce = $6, max_instances = $7, jitter_seconds = $8, queue = $9, priority = $10,
              max_retries = $11, timeout_seconds = $12, idempotency_ttl_seconds = $13, state = $14,
-             next_run_at = $15, updated_at = $16
-         WHERE id = $17 RETURNING *",
+             next_run_at = $15, updated_at = $16, version = version + 1,
+             quarantine_reason = CASE WHEN $14 = 'quarantined' THEN quarantine_reason END
+         WHERE id = $17 AND version = $18 RETURNING *",
     )
     .bind(s.name.as_deref().map(rows::text))
     .bind(s.task.as_str())
@@ -130,25 +140,47 @@ pub(super) async fn update(tx: &mut PgConnection, job: Job) -> Result<Option<Job
     .bind(job.next_run_at)
     .bind(job.updated_at)
     .bind(s.id.as_str())
+    .bind(expected)
     .fetch_optional(&mut *tx)
     .await
     .map_err(db_err)?;
-    row.as_ref().map(rows::job).transpose()
+    match row {
+        Some(row) => Ok(Cas::Done(rows::job(&row)?)),
+        None => stale_or_missing(tx, &s.id).await,
+    }
 }
 
-/// Deletes the job and its history; its tasks stay (and unfinished ones keep running).
-pub(super) async fn delete(tx: &mut PgConnection, id: &JobId) -> Result<bool, StoreError> {
-    let r = sqlx::query("DELETE FROM jobs WHERE id = $1")
+async fn stale_or_missing<T>(tx: &mut PgConnection, id: &JobId) -> Result<Cas<T>, StoreError> {
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs WHERE id = $1")
         .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    Ok(if n == 0 { Cas::NotFound } else { Cas::Stale })
+}
+
+/// Deletes the job (if its version is still `expected`, when given) and its history; its tasks stay
+/// (and unfinished ones keep running).
+pub(super) async fn delete(
+    tx: &mut PgConnection,
+    id: &JobId,
+    expected: Option<i64>,
+) -> Result<Cas<()>, StoreError> {
+    let r = sqlx::query("DELETE FROM jobs WHERE id = $1 AND ($2::bigint IS NULL OR version = $2)")
+        .bind(id.as_str())
+        .bind(expected)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+    if r.rows_affected() == 0 {
+        return stale_or_missing(tx, id).await;
+    }
     sqlx::query("DELETE FROM job_runs WHERE job_id = $1")
         .bind(id.as_str())
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-    Ok(r.rows_affected() > 0)
+    Ok(Cas::Done(()))
 }
 
 pub(super) async fn runs(
@@ -175,95 +207,135 @@ pub(super) async fn next_fire_at(pool: &PgPool) -> Result<Option<DateTime<Utc>>,
     Ok(at)
 }
 
-/// Fires up to `limit` due jobs inside the caller's transaction. Jobs another scheduler holds are
-/// skipped: that scheduler is firing them.
-pub(super) async fn fire_due(
-    tx: &mut PgConnection,
-    now: DateTime<Utc>,
-    limit: u32,
-) -> Result<Vec<FireRecord>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT * FROM jobs WHERE state = 'active' AND next_run_at <= $1
-         ORDER BY next_run_at LIMIT $2
-         FOR UPDATE SKIP LOCKED",
-    )
-    .bind(now)
-    .bind(i64::from(limit))
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    let jobs = rows.iter().map(rows::job).collect::<Result<Vec<_>, _>>()?;
-    let mut records = Vec::new();
-    for job in jobs {
-        let (unfinished,): (i64,) = sqlx::query_as(
+/// The PostgreSQL statements of the shared fire loop ([`crate::fire`]), on the caller's transaction.
+pub(super) struct Fire<'c>(pub(super) &'c mut PgConnection);
+
+#[async_trait]
+impl FireSteps for Fire<'_> {
+    /// Locks the due jobs; jobs another scheduler holds are skipped: that scheduler is firing them.
+    async fn due_jobs(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueJob>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM jobs WHERE state = 'active' AND next_run_at <= $1
+             ORDER BY next_run_at LIMIT $2
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.0)
+        .await
+        .map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .map(|row| match rows::job(row) {
+                Ok(job) => DueJob::Decoded(job),
+                Err(e) => DueJob::Undecodable {
+                    id: row.try_get::<String, _>("id").unwrap_or_default(),
+                    reason: e.to_string(),
+                },
+            })
+            .collect())
+    }
+
+    async fn unfinished_tasks(&mut self, job: &JobId) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as(
             "SELECT count(*) FROM tasks
              WHERE job_id = $1 AND state IN ('scheduled', 'queued', 'running', 'retrying')",
         )
-        .bind(job.spec.id.as_str())
-        .fetch_one(&mut *tx)
+        .bind(job.as_str())
+        .fetch_one(&mut *self.0)
         .await
         .map_err(db_err)?;
-        let plan = plan_fires(&job, now, unfinished);
-        let mut last_fired = None;
-        for fire in &plan.fires {
-            // The history row is the fire's guard: a slot already recorded is never fired again.
-            let fresh = sqlx::query(
-                "INSERT INTO job_runs (job_id, scheduled_at, outcome, recorded_at)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            )
-            .bind(job.spec.id.as_str())
-            .bind(fire.scheduled_at)
-            .bind(fire.outcome.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?
-            .rows_affected()
-                == 1;
-            if !fresh {
-                continue;
-            }
-            let mut task_id = None;
-            if fire.outcome == FireOutcome::Fired {
-                let t = job.fire_task(fire.scheduled_at, fire.run_at);
-                // A replay (the slot's key is live) finds the task this slot already made.
-                let id = submit::submit_one(tx, t, now, 0).await?.task.id;
-                task_id = Some(id);
-                last_fired = Some(fire.scheduled_at);
-                sqlx::query(
-                    "UPDATE job_runs SET task_id = $1 WHERE job_id = $2 AND scheduled_at = $3",
-                )
-                .bind(id.to_string())
-                .bind(job.spec.id.as_str())
-                .bind(fire.scheduled_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            }
-            records.push(FireRecord {
-                job_id: job.spec.id.clone(),
-                scheduled_at: fire.scheduled_at,
-                task_id,
-                outcome: fire.outcome,
-                recorded_at: now,
-            });
-        }
-        let state = if plan.finished {
-            JobState::Finished
-        } else {
-            JobState::Active
-        };
+        Ok(n)
+    }
+
+    async fn guard_slot(
+        &mut self,
+        job: &JobId,
+        slot: DateTime<Utc>,
+        outcome: FireOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO job_runs (job_id, scheduled_at, outcome, recorded_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(job.as_str())
+        .bind(slot)
+        .bind(outcome.as_str())
+        .bind(now)
+        .execute(&mut *self.0)
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn submit(&mut self, task: NewTask, now: DateTime<Utc>) -> Result<Submitted, StoreError> {
+        submit::submit_one(self.0, task, now, 0).await
+    }
+
+    async fn record_slot(
+        &mut self,
+        job: &JobId,
+        slot: DateTime<Utc>,
+        outcome: FireOutcome,
+        task: Option<TaskId>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE jobs SET next_run_at = $1, last_run_at = COALESCE($2, last_run_at), state = $3
+            "UPDATE job_runs SET outcome = $1, task_id = $2 WHERE job_id = $3 AND scheduled_at = $4",
+        )
+        .bind(outcome.as_str())
+        .bind(task.map(|t| t.to_string()))
+        .bind(job.as_str())
+        .bind(slot)
+        .execute(&mut *self.0)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn advance(
+        &mut self,
+        job: &JobId,
+        next_run_at: Option<DateTime<Utc>>,
+        last_fired: Option<DateTime<Utc>>,
+        state: JobState,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET next_run_at = $1, last_run_at = COALESCE($2, last_run_at), state = $3,
+                 version = version + 1
              WHERE id = $4",
         )
-        .bind(plan.next_run_at)
+        .bind(next_run_at)
         .bind(last_fired)
         .bind(state.as_str())
-        .bind(job.spec.id.as_str())
-        .execute(&mut *tx)
+        .bind(job.as_str())
+        .execute(&mut *self.0)
         .await
         .map_err(db_err)?;
+        Ok(())
     }
-    Ok(records)
+
+    async fn quarantine(
+        &mut self,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'quarantined', quarantine_reason = $1, updated_at = $2,
+                 version = version + 1
+             WHERE id = $3",
+        )
+        .bind(rows::text(reason))
+        .bind(now)
+        .bind(id)
+        .execute(&mut *self.0)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
 }

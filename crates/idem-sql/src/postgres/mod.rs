@@ -25,8 +25,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use idem_core::broker::Hint;
+use idem_core::job::FirePass;
 use idem_core::store::{
-    ClaimRequest, JobFilter, Lease, Page, PageRequest, QueueDepth, Reaped, TaskFilter,
+    Cas, ClaimRequest, JobFilter, Lease, Page, PageRequest, QueueDepth, Reaped, TaskFilter,
 };
 use idem_core::{
     Claim, Finish, FireRecord, Job, JobId, NewTask, QueueName, Store, StoreError, Submitted, Task,
@@ -110,20 +111,16 @@ impl PgStore {
         Ok(out)
     }
 
-    async fn fire_due_once(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<FireRecord>, StoreError> {
+    async fn fire_due_once(&self, now: DateTime<Utc>, limit: u32) -> Result<FirePass, StoreError> {
         let mut tx = self.begin().await?;
-        let fires = jobs::fire_due(&mut tx, now, limit).await?;
-        let signals: &[Signal] = if fires.iter().any(|f| f.task_id.is_some()) {
+        let pass = crate::fire::fire_due(&mut jobs::Fire(&mut tx), now, limit).await?;
+        let signals: &[Signal] = if pass.fires.iter().any(|f| f.task_id.is_some()) {
             &[Signal::Tasks]
         } else {
             &[]
         };
         self.commit(tx, signals).await?;
-        Ok(fires)
+        Ok(pass)
     }
 }
 
@@ -187,16 +184,16 @@ impl Store for PgStore {
         jobs::list(&self.pool, filter, page).await
     }
 
-    async fn update_job(&self, job: Job) -> Result<Option<Job>, StoreError> {
+    async fn update_job(&self, job: Job, expected: i64) -> Result<Cas<Job>, StoreError> {
         let mut tx = self.begin().await?;
-        let out = jobs::update(&mut tx, job).await?;
+        let out = jobs::update(&mut tx, job, expected).await?;
         self.commit(tx, &[Signal::Jobs]).await?;
         Ok(out)
     }
 
-    async fn delete_job(&self, id: &JobId) -> Result<bool, StoreError> {
+    async fn delete_job(&self, id: &JobId, expected: Option<i64>) -> Result<Cas<()>, StoreError> {
         let mut tx = self.begin().await?;
-        let out = jobs::delete(&mut tx, id).await?;
+        let out = jobs::delete(&mut tx, id, expected).await?;
         self.commit(tx, &[Signal::Jobs]).await?;
         Ok(out)
     }
@@ -205,11 +202,7 @@ impl Store for PgStore {
         jobs::runs(&self.pool, id, limit).await
     }
 
-    async fn fire_due(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<FireRecord>, StoreError> {
+    async fn fire_due(&self, now: DateTime<Utc>, limit: u32) -> Result<FirePass, StoreError> {
         let mut attempt = 1;
         loop {
             match self.fire_due_once(now, limit).await {
@@ -373,9 +366,14 @@ impl Store for PgStore {
         outbox::next_ready_at_any(&self.pool).await
     }
 
-    async fn mark_dispatched(&self, ids: &[TaskId], at: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn mark_dispatched(
+        &self,
+        ids: &[TaskId],
+        taken: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        outbox::mark_dispatched(&mut tx, ids, at).await?;
+        outbox::mark_dispatched(&mut tx, ids, taken, at).await?;
         self.commit(tx, &[]).await
     }
 

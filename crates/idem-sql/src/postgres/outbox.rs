@@ -56,19 +56,25 @@ pub(super) async fn take_for_dispatch(
         .collect()
 }
 
-/// Records the confirmed publish time of queued tasks.
+/// Records the publish time of queued tasks that still carry the mark `taken` (compare-and-set:
+/// a task taken again since keeps its newer mark).
 pub(super) async fn mark_dispatched(
     tx: &mut PgConnection,
     ids: &[TaskId],
+    taken: DateTime<Utc>,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-    sqlx::query("UPDATE tasks SET dispatched_at = $2 WHERE state = 'queued' AND id = ANY($1)")
-        .bind(ids)
-        .bind(at)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+    sqlx::query(
+        "UPDATE tasks SET dispatched_at = $2
+         WHERE state = 'queued' AND id = ANY($1) AND dispatched_at = $3",
+    )
+    .bind(ids)
+    .bind(at)
+    .bind(taken)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
     Ok(())
 }
 

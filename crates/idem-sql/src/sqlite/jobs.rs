@@ -1,24 +1,32 @@
-//! Job SQL for SQLite, and `fire_due`: claiming a due job, inserting its fires' tasks and history and
-//! advancing `next_run_at` in one transaction.
+//! Job SQL for SQLite, and its statements of the shared fire loop ([`crate::fire`]).
+//!
+//! Invariant: every write of a job moves its `version` on, and the API's writes are compare-and-set
+//! on it, so a write based on a stale read changes nothing.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use idem_core::job::{plan_fires, FireOutcome};
-use idem_core::store::{JobFilter, Page, PageRequest};
-use idem_core::{FireRecord, Job, JobId, JobState, StoreError};
-use sqlx::{SqliteConnection, SqlitePool};
+use idem_core::job::FireOutcome;
+use idem_core::store::{Cas, JobFilter, Page, PageRequest};
+use idem_core::{FireRecord, Job, JobId, JobState, NewTask, StoreError, Submitted, TaskId};
+use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use super::{ms, rows, tasks};
 use crate::db_err;
+use crate::fire::{DueJob, FireSteps};
 
+/// Inserts a job, or replaces one with the same id when `replace`. A replacing job's version
+/// continues the old one's, so a version read before the replacement never matches after it.
 pub(super) async fn create(
     tx: &mut SqliteConnection,
     job: Job,
     replace: bool,
 ) -> Result<Job, StoreError> {
-    if get(&mut *tx, &job.spec.id).await?.is_some() {
+    let mut version = 1;
+    if let Some(old) = get(&mut *tx, &job.spec.id).await? {
         if !replace {
             return Err(StoreError::JobExists(job.spec.id));
         }
+        version = old.version + 1;
         sqlx::query("DELETE FROM jobs WHERE id = ?")
             .bind(job.spec.id.as_str())
             .execute(&mut *tx)
@@ -29,8 +37,9 @@ pub(super) async fn create(
     let row = sqlx::query(
         "INSERT INTO jobs (id, name, task, args, trigger, misfire_grace_seconds, coalesce,
              max_instances, jitter_seconds, queue, priority, max_retries, timeout_seconds,
-             idempotency_ttl_seconds, state, next_run_at, last_run_at, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             idempotency_ttl_seconds, state, next_run_at, last_run_at, created_at, updated_at,
+             version, quarantine_reason)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)
          RETURNING *",
     )
     .bind(s.id.as_str())
@@ -52,6 +61,7 @@ pub(super) async fn create(
     .bind(job.last_run_at.map(ms))
     .bind(ms(job.created_at))
     .bind(ms(job.updated_at))
+    .bind(version)
     .fetch_one(&mut *tx)
     .await
     .map_err(db_err)?;
@@ -94,15 +104,21 @@ pub(super) async fn list(
     }))
 }
 
-/// Overwrites the definition, state and next fire; keeps `created_at` and `last_run_at`.
-pub(super) async fn update(tx: &mut SqliteConnection, job: Job) -> Result<Option<Job>, StoreError> {
+/// Overwrites the definition, state and next fire if the version is still `expected`; keeps
+/// `created_at` and `last_run_at`. A job that leaves `quarantined` drops its reason.
+pub(super) async fn update(
+    tx: &mut SqliteConnection,
+    job: Job,
+    expected: i64,
+) -> Result<Cas<Job>, StoreError> {
     let s = &job.spec;
     let row = sqlx::query(
         "UPDATE jobs SET name = ?, task = ?, args = ?, trigger = ?, misfire_grace_seconds = ?,
              coalesce = ?, max_instances = ?, jitter_seconds = ?, queue = ?, priority = ?,
              max_retries = ?, timeout_seconds = ?, idempotency_ttl_seconds = ?, state = ?,
-             next_run_at = ?, updated_at = ?
-         WHERE id = ? RETURNING *",
+             next_run_at = ?, updated_at = ?, version = version + 1,
+             quarantine_reason = CASE WHEN ? = 'quarantined' THEN quarantine_reason END
+         WHERE id = ? AND version = ? RETURNING *",
     )
     .bind(s.name.as_deref())
     .bind(s.task.as_str())
@@ -120,26 +136,49 @@ pub(super) async fn update(tx: &mut SqliteConnection, job: Job) -> Result<Option
     .bind(job.state.as_str())
     .bind(job.next_run_at.map(ms))
     .bind(ms(job.updated_at))
+    .bind(job.state.as_str())
     .bind(s.id.as_str())
+    .bind(expected)
     .fetch_optional(&mut *tx)
     .await
     .map_err(db_err)?;
-    row.as_ref().map(rows::job).transpose()
+    match row {
+        Some(row) => Ok(Cas::Done(rows::job(&row)?)),
+        None => Ok(stale_or_missing(tx, &s.id).await?),
+    }
 }
 
-/// Deletes the job and its history; its tasks stay (and unfinished ones keep running).
-pub(super) async fn delete(tx: &mut SqliteConnection, id: &JobId) -> Result<bool, StoreError> {
-    let r = sqlx::query("DELETE FROM jobs WHERE id = ?")
+async fn stale_or_missing<T>(tx: &mut SqliteConnection, id: &JobId) -> Result<Cas<T>, StoreError> {
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs WHERE id = ?")
         .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    Ok(if n == 0 { Cas::NotFound } else { Cas::Stale })
+}
+
+/// Deletes the job (if its version is still `expected`, when given) and its history; its tasks stay
+/// (and unfinished ones keep running).
+pub(super) async fn delete(
+    tx: &mut SqliteConnection,
+    id: &JobId,
+    expected: Option<i64>,
+) -> Result<Cas<()>, StoreError> {
+    let r = sqlx::query("DELETE FROM jobs WHERE id = ?1 AND (?2 IS NULL OR version = ?2)")
+        .bind(id.as_str())
+        .bind(expected)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+    if r.rows_affected() == 0 {
+        return stale_or_missing(tx, id).await;
+    }
     sqlx::query("DELETE FROM job_runs WHERE job_id = ?")
         .bind(id.as_str())
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-    Ok(r.rows_affected() > 0)
+    Ok(Cas::Done(()))
 }
 
 pub(super) async fn runs(
@@ -166,92 +205,134 @@ pub(super) async fn next_fire_at(pool: &SqlitePool) -> Result<Option<DateTime<Ut
     Ok(at.map(idem_core::time::from_ms))
 }
 
-/// Fires up to `limit` due jobs inside the caller's (immediate) transaction.
-pub(super) async fn fire_due(
-    tx: &mut SqliteConnection,
-    now: DateTime<Utc>,
-    limit: u32,
-) -> Result<Vec<FireRecord>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT * FROM jobs WHERE state = 'active' AND next_run_at <= ? ORDER BY next_run_at LIMIT ?",
-    )
-    .bind(ms(now))
-    .bind(i64::from(limit))
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    let jobs = rows.iter().map(rows::job).collect::<Result<Vec<_>, _>>()?;
-    let mut records = Vec::new();
-    for job in jobs {
-        let (unfinished,): (i64,) = sqlx::query_as(
+/// The SQLite statements of the shared fire loop ([`crate::fire`]), on the caller's immediate
+/// transaction (which already excludes every other writer, so no row lock is needed).
+pub(super) struct Fire<'c>(pub(super) &'c mut SqliteConnection);
+
+#[async_trait]
+impl FireSteps for Fire<'_> {
+    async fn due_jobs(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DueJob>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM jobs WHERE state = 'active' AND next_run_at <= ?
+             ORDER BY next_run_at LIMIT ?",
+        )
+        .bind(ms(now))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *self.0)
+        .await
+        .map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .map(|row| match rows::job(row) {
+                Ok(job) => DueJob::Decoded(job),
+                Err(e) => DueJob::Undecodable {
+                    id: row.try_get::<String, _>("id").unwrap_or_default(),
+                    reason: e.to_string(),
+                },
+            })
+            .collect())
+    }
+
+    async fn unfinished_tasks(&mut self, job: &JobId) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as(
             "SELECT count(*) FROM tasks
              WHERE job_id = ? AND state IN ('scheduled', 'queued', 'running', 'retrying')",
         )
-        .bind(job.spec.id.as_str())
-        .fetch_one(&mut *tx)
+        .bind(job.as_str())
+        .fetch_one(&mut *self.0)
         .await
         .map_err(db_err)?;
-        let plan = plan_fires(&job, now, unfinished);
-        let mut last_fired = None;
-        for fire in &plan.fires {
-            // The history row is the fire's guard: a slot already recorded is never fired again.
-            let fresh = sqlx::query(
-                "INSERT INTO job_runs (job_id, scheduled_at, outcome, recorded_at)
-                 VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            )
-            .bind(job.spec.id.as_str())
-            .bind(ms(fire.scheduled_at))
-            .bind(fire.outcome.as_str())
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?
-            .rows_affected()
-                == 1;
-            if !fresh {
-                continue;
-            }
-            let mut task_id = None;
-            if fire.outcome == FireOutcome::Fired {
-                let t = job.fire_task(fire.scheduled_at, fire.run_at);
-                // A replay (the slot's key is live) finds the task this slot already made.
-                let id = tasks::submit_one(tx, t, now, 0).await?.task.id;
-                task_id = Some(id);
-                last_fired = Some(fire.scheduled_at);
-                sqlx::query(
-                    "UPDATE job_runs SET task_id = ? WHERE job_id = ? AND scheduled_at = ?",
-                )
-                .bind(id.to_string())
-                .bind(job.spec.id.as_str())
-                .bind(ms(fire.scheduled_at))
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            }
-            records.push(FireRecord {
-                job_id: job.spec.id.clone(),
-                scheduled_at: fire.scheduled_at,
-                task_id,
-                outcome: fire.outcome,
-                recorded_at: now,
-            });
-        }
-        let state = if plan.finished {
-            JobState::Finished
-        } else {
-            JobState::Active
-        };
+        Ok(n)
+    }
+
+    async fn guard_slot(
+        &mut self,
+        job: &JobId,
+        slot: DateTime<Utc>,
+        outcome: FireOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO job_runs (job_id, scheduled_at, outcome, recorded_at)
+             VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(job.as_str())
+        .bind(ms(slot))
+        .bind(outcome.as_str())
+        .bind(ms(now))
+        .execute(&mut *self.0)
+        .await
+        .map_err(db_err)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn submit(&mut self, task: NewTask, now: DateTime<Utc>) -> Result<Submitted, StoreError> {
+        tasks::submit_one(self.0, task, now, 0).await
+    }
+
+    async fn record_slot(
+        &mut self,
+        job: &JobId,
+        slot: DateTime<Utc>,
+        outcome: FireOutcome,
+        task: Option<TaskId>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE jobs SET next_run_at = ?, last_run_at = COALESCE(?, last_run_at), state = ?
+            "UPDATE job_runs SET outcome = ?, task_id = ? WHERE job_id = ? AND scheduled_at = ?",
+        )
+        .bind(outcome.as_str())
+        .bind(task.map(|t| t.to_string()))
+        .bind(job.as_str())
+        .bind(ms(slot))
+        .execute(&mut *self.0)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn advance(
+        &mut self,
+        job: &JobId,
+        next_run_at: Option<DateTime<Utc>>,
+        last_fired: Option<DateTime<Utc>>,
+        state: JobState,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET next_run_at = ?, last_run_at = COALESCE(?, last_run_at), state = ?,
+                 version = version + 1
              WHERE id = ?",
         )
-        .bind(plan.next_run_at.map(ms))
+        .bind(next_run_at.map(ms))
         .bind(last_fired.map(ms))
         .bind(state.as_str())
-        .bind(job.spec.id.as_str())
-        .execute(&mut *tx)
+        .bind(job.as_str())
+        .execute(&mut *self.0)
         .await
         .map_err(db_err)?;
+        Ok(())
     }
-    Ok(records)
+
+    async fn quarantine(
+        &mut self,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'quarantined', quarantine_reason = ?, updated_at = ?,
+                 version = version + 1
+             WHERE id = ?",
+        )
+        .bind(reason)
+        .bind(ms(now))
+        .bind(id)
+        .execute(&mut *self.0)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
 }

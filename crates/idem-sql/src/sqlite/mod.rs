@@ -18,8 +18,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use idem_core::broker::Hint;
+use idem_core::job::FirePass;
 use idem_core::store::{
-    ClaimRequest, JobFilter, Lease, Page, PageRequest, QueueDepth, Reaped, TaskFilter,
+    Cas, ClaimRequest, JobFilter, Lease, Page, PageRequest, QueueDepth, Reaped, TaskFilter,
 };
 use idem_core::{
     Claim, Finish, FireRecord, Job, JobId, NewTask, QueueName, Store, StoreError, Submitted, Task,
@@ -139,17 +140,17 @@ impl Store for SqliteStore {
         jobs::list(&self.reader, filter, page).await
     }
 
-    async fn update_job(&self, job: Job) -> Result<Option<Job>, StoreError> {
+    async fn update_job(&self, job: Job, expected: i64) -> Result<Cas<Job>, StoreError> {
         let mut tx = self.write().await?;
-        let out = jobs::update(&mut tx, job).await?;
+        let out = jobs::update(&mut tx, job, expected).await?;
         tx.commit().await.map_err(db_err)?;
         self.wakeups.jobs_changed();
         Ok(out)
     }
 
-    async fn delete_job(&self, id: &JobId) -> Result<bool, StoreError> {
+    async fn delete_job(&self, id: &JobId, expected: Option<i64>) -> Result<Cas<()>, StoreError> {
         let mut tx = self.write().await?;
-        let out = jobs::delete(&mut tx, id).await?;
+        let out = jobs::delete(&mut tx, id, expected).await?;
         tx.commit().await.map_err(db_err)?;
         self.wakeups.jobs_changed();
         Ok(out)
@@ -159,18 +160,14 @@ impl Store for SqliteStore {
         jobs::runs(&self.reader, id, limit).await
     }
 
-    async fn fire_due(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<FireRecord>, StoreError> {
+    async fn fire_due(&self, now: DateTime<Utc>, limit: u32) -> Result<FirePass, StoreError> {
         let mut tx = self.write().await?;
-        let fires = jobs::fire_due(&mut tx, now, limit).await?;
+        let pass = crate::fire::fire_due(&mut jobs::Fire(&mut tx), now, limit).await?;
         tx.commit().await.map_err(db_err)?;
-        if fires.iter().any(|f| f.task_id.is_some()) {
+        if pass.fires.iter().any(|f| f.task_id.is_some()) {
             self.wakeups.tasks_ready();
         }
-        Ok(fires)
+        Ok(pass)
     }
 
     async fn next_fire_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -335,9 +332,14 @@ impl Store for SqliteStore {
         tasks::next_ready_at_any(&self.reader).await
     }
 
-    async fn mark_dispatched(&self, ids: &[TaskId], at: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn mark_dispatched(
+        &self,
+        ids: &[TaskId],
+        taken: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
-        tasks::mark_dispatched(&mut tx, ids, at).await?;
+        tasks::mark_dispatched(&mut tx, ids, taken, at).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(())
     }

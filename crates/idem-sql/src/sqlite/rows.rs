@@ -105,6 +105,8 @@ pub(crate) fn job(row: &SqliteRow) -> Result<Job, StoreError> {
         last_run_at: opt_time(row, "last_run_at")?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
+        version: get(row, "version")?,
+        quarantine_reason: get(row, "quarantine_reason")?,
     })
 }
 

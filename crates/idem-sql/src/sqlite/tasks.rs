@@ -463,18 +463,22 @@ pub(super) async fn take_for_dispatch(
 }
 
 /// Records the confirmed publish time of queued tasks.
+/// Records the publish time of queued tasks that still carry the mark `taken` (compare-and-set:
+/// a task taken again since keeps its newer mark).
 pub(super) async fn mark_dispatched(
     tx: &mut SqliteConnection,
     ids: &[TaskId],
+    taken: DateTime<Utc>,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
     sqlx::query(
         "UPDATE tasks SET dispatched_at = ?2
-         WHERE state = 'queued' AND id IN (SELECT value FROM json_each(?1))",
+         WHERE state = 'queued' AND id IN (SELECT value FROM json_each(?1)) AND dispatched_at = ?3",
     )
     .bind(serde_json::to_string(&ids).expect("strings serialize"))
     .bind(ms(at))
+    .bind(ms(taken))
     .execute(&mut *tx)
     .await
     .map_err(db_err)?;

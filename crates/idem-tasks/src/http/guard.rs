@@ -1,4 +1,4 @@
-//! The `http` task's address guard (SPEC §8): unless `IDEM_HTTP_ALLOW_PRIVATE` is set, a task may not
+//! The `http` task's address guard: unless `IDEM_HTTP_ALLOW_PRIVATE` is set, a task may not
 //! reach loopback, private, link-local, shared (CGNAT), multicast, reserved or cloud-metadata
 //! addresses, so a submitted task cannot probe the network the worker sits in.
 //!

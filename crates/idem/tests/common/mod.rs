@@ -347,7 +347,7 @@ impl Proc {
     }
 }
 
-/// The test services' URLs (SPEC: `IDEM_TEST_*`, defaulting to the local services).
+/// The test services' URLs (`IDEM_TEST_*`, defaulting to the local services).
 pub fn pg_url() -> String {
     idem_testkit::services::service_url(
         "IDEM_TEST_PG_URL",
@@ -706,7 +706,7 @@ pub async fn job_runs(client: &reqwest::Client, base: &str, job: &str) -> Vec<Va
     body["items"].as_array().cloned().unwrap_or_default()
 }
 
-/// The idempotency key of a fire (SPEC §3): `job:{job_id}:{scheduled_at, RFC 3339, ms, UTC}`.
+/// The idempotency key of a fire: `job:{job_id}:{scheduled_at, RFC 3339, ms, UTC}`.
 pub fn fire_key(job: &str, scheduled_at: &str) -> String {
     let at = chrono::DateTime::parse_from_rfc3339(scheduled_at)
         .unwrap_or_else(|e| panic!("scheduled_at {scheduled_at:?}: {e}"))
