@@ -60,6 +60,8 @@ pub struct LogEvents {
     pub fenced: AtomicU64,
     /// `attempt stopped` lines (a handler stopped because its lease was lost or its task cancelled).
     pub stopped: AtomicU64,
+    /// Of those, the ones stopped at the worker's lease deadline (its lease could not be renewed).
+    pub deadline_stops: AtomicU64,
     /// `gave up recording the outcome` lines.
     pub gave_up: AtomicU64,
     /// `broker consumer lost` lines (the broker cancelled a consumer or its channel closed).
@@ -323,6 +325,9 @@ fn scan(events: &LogEvents, label: &str, line: &str) {
             .or_default() += 1;
     } else if line.contains("attempt stopped") {
         events.stopped.fetch_add(1, Ordering::Relaxed);
+        if line.contains("could not be renewed") {
+            events.deadline_stops.fetch_add(1, Ordering::Relaxed);
+        }
     } else if line.contains("gave up recording the outcome") {
         events.gave_up.fetch_add(1, Ordering::Relaxed);
     } else if line.contains("broker consumer lost") {

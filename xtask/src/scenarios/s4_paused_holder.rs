@@ -239,10 +239,15 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
         let log =
             std::fs::read_to_string(&rig.cluster.get(holder, holder_index).log).unwrap_or_default();
         let fenced = fenced_of(rig, &frozen_label) > fenced_before;
-        let stopped =
-            log.contains(&format!("task_id={task_id}")) && log.contains("attempt stopped");
+        let about: Vec<&str> = log.lines().filter(|l| l.contains(&task_id)).collect();
+        let deadline = about
+            .iter()
+            .any(|l| l.contains("attempt stopped") && l.contains("could not be renewed"));
+        let stopped = about.iter().any(|l| l.contains("attempt stopped"));
         late_paths.push(if fenced {
             "refused by the fencing token"
+        } else if deadline {
+            "stopped at its lease deadline, nothing sent"
         } else if stopped {
             "stopped before sending (lease lost)"
         } else {

@@ -92,7 +92,7 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
 
     let mut recoveries = Vec::new();
     let mut notes = Vec::new();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(if smoke { 1 } else { 3 })).await;
     for (n, (fault, down)) in faults.iter().zip(&downs).enumerate() {
         let private = rig
             .services
@@ -175,6 +175,29 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
             recoveries.len()
         ),
     );
-    r.extra = json!({"faults": notes, "history": crate::oracle::outcome_counts(&client.history())});
+    // The maintenance leader's term is its fencing token: it should only grow. Redis keeps the
+    // counter in memory, so a Redis that comes back empty starts the terms again (reported, not
+    // failed: see docs/RELIABILITY.md).
+    let terms: Vec<u64> = rig
+        .cluster
+        .events
+        .leaders
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, _, t)| *t)
+        .collect();
+    let repeated = terms.windows(2).filter(|w| w[1] <= w[0]).count();
+    if repeated > 0 {
+        println!(
+            "  [S5] note: the maintenance leader term went back {repeated} times (terms {terms:?})"
+        );
+    }
+    r.extra = json!({
+        "faults": notes,
+        "leader_terms": terms,
+        "leader_term_repeats": repeated,
+        "history": crate::oracle::outcome_counts(&client.history()),
+    });
     Ok(())
 }

@@ -224,7 +224,12 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
         ),
     );
     r.verdict(&verdict, true);
-    r.extra = json!({"partitions": notes, "attempt_stopped_lines": rig.cluster.events.stopped.load(std::sync::atomic::Ordering::Relaxed)});
+    let ev = &rig.cluster.events;
+    r.extra = json!({
+        "partitions": notes,
+        "attempts_stopped": ev.stopped.load(std::sync::atomic::Ordering::Relaxed),
+        "attempts_stopped_at_lease_deadline": ev.deadline_stops.load(std::sync::atomic::Ordering::Relaxed),
+    });
     Ok(())
 }
 
