@@ -70,6 +70,8 @@ pub struct LogEvents {
     pub leaders: Mutex<Vec<(Instant, String, u64)>>,
     /// Fence refusals by process label.
     pub fenced_by: Mutex<BTreeMap<String, u64>>,
+    /// (task id, when) of each `lease expired; task reaped` line, by the reaper's log timestamp.
+    pub reaped: Mutex<Vec<(String, chrono::DateTime<chrono::Utc>)>>,
 }
 
 /// One started process.
@@ -332,6 +334,22 @@ fn scan(events: &LogEvents, label: &str, line: &str) {
         events.gave_up.fetch_add(1, Ordering::Relaxed);
     } else if line.contains("broker consumer lost") {
         events.consumer_lost.fetch_add(1, Ordering::Relaxed);
+    } else if line.contains("task reaped") {
+        let at = line
+            .split_whitespace()
+            .next()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        let id = line
+            .split("task_id=")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next());
+        if let (Some(at), Some(id)) = (at, id) {
+            events
+                .reaped
+                .lock()
+                .unwrap()
+                .push((id.to_owned(), at.with_timezone(&chrono::Utc)));
+        }
     } else if line.contains("leading maintenance") {
         let term = line
             .split("term=")

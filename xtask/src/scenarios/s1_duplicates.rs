@@ -3,8 +3,9 @@
 //! that the submission guarantee holds under concurrency alone.
 //!
 //! Pass: exactly one task per key; every resubmission answered as a replay (200,
-//! `Idempotent-Replayed: true`, the same task); every reuse with another body refused with 422;
-//! no 5xx; and the oracle's 0 lost / 0 double-committed.
+//! `Idempotent-Replayed: true`, the same task); every reuse with another body refused with 422; a
+//! client key in the scheduler's `job:` namespace refused with 422; no 5xx; and the oracle's
+//! 0 lost / 0 double-committed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,6 +79,12 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
         }
     }
 
+    // A client key in the scheduler's namespace would take a fire's slot: it must be refused.
+    let fire_key = "job:s1-nojob:2030-01-01T00:00:00.000Z";
+    let stolen = client
+        .submit(0, fire_key, 0, &http_task(&hook, fire_key, 0, json!({})))
+        .await;
+
     let open = rig
         .wait_all_final(keys, Duration::from_secs(if smoke { 60 } else { 240 }))
         .await?;
@@ -141,6 +148,11 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
         "0 × 5xx",
         server_errors == 0 && unknown == 0,
         format!("{server_errors} × 5xx, {unknown} without an answer"),
+    );
+    r.check(
+        "a fire key (job:…) from a client is refused",
+        stolen.outcome == Outcome::Conflict || stolen.status == Some(422),
+        format!("{:?} {:?}", stolen.status, stolen.error),
     );
     r.check("every task final", open == 0, format!("{open} unfinished"));
     r.verdict(&verdict, true);

@@ -3,16 +3,18 @@
 //!
 //! Kill-to-reclaim: right after each kill the runner reads which tasks the dead process held (its
 //! pid is in their `lease_owner`) and polls them every 50 ms until the store hands them on (the
-//! lease reaper makes them queued or retrying again, or fails them). A task the dead worker finished
-//! just before dying is not counted.
+//! lease reaper makes them queued or retrying again, or fails them). The time is the reaper's own
+//! log timestamp of the reap (the poll's time where no log line names the task). A task the dead
+//! worker finished just before dying is not counted.
 //!
 //! Pass: 0 lost, 0 double-committed, 0 overlapping, and the slowest reclaim within the lease TTL
-//! plus the reaper interval (plus 200 ms: the 50 ms polling resolution and the reaper pass itself).
+//! plus the reaper interval (plus 200 ms for the reaper's pass itself and the timing).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
@@ -24,8 +26,8 @@ use crate::store;
 /// How often a killed worker's tasks are polled.
 const RECLAIM_POLL: Duration = Duration::from_millis(50);
 
-/// What the bound allows beyond TTL + interval: the polling resolution, and the reaper's own pass
-/// (it sleeps one interval *after* each pass, so passes are an interval plus a pass apart).
+/// What the bound allows beyond TTL + interval: the reaper's own pass (it sleeps one interval
+/// *after* each pass, so passes are an interval plus a pass apart) and the timing itself.
 const SLACK_MS: f64 = 200.0;
 
 pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
@@ -89,7 +91,7 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
     for (at, w) in &schedule {
         let due = started + Duration::from_secs_f64(*at);
         tokio::time::sleep_until(due.into()).await;
-        let killed_at = Instant::now();
+        let killed_at = (Instant::now(), Utc::now());
         let pid = rig.cluster.kill9(Role::Worker, *w).await?;
         let held = store::running_on(&rig.pool, pid).await.unwrap_or_default();
         let pool = rig.pool.clone();
@@ -101,14 +103,38 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
         .wait_all_final(tasks, Duration::from_secs(if smoke { 60 } else { 180 }))
         .await?;
 
+    // Each reclaim's time: the reaper's log timestamp of the reap when there is one (exact), else
+    // when the poll saw it.
+    let reaped = rig.cluster.events.reaped.lock().unwrap().clone();
     let mut reclaims = Vec::new();
     let mut held_total = 0;
     let mut unreclaimed = 0;
+    let mut from_logs = 0;
     for t in trackers {
-        let (times, held, missing) = t.await?;
-        reclaims.extend(times);
-        held_total += held;
-        unreclaimed += missing;
+        let (outcomes, (_, killed_wall)) = t.await?;
+        for (id, o) in outcomes {
+            match o {
+                Reclaim::Polled(ms) => {
+                    held_total += 1;
+                    let logged = reaped
+                        .iter()
+                        .filter(|(r, at)| *r == id && *at >= killed_wall)
+                        .map(|(_, at)| {
+                            (*at - killed_wall).num_microseconds().unwrap_or(0) as f64 / 1e3
+                        })
+                        .reduce(f64::min);
+                    if logged.is_some() {
+                        from_logs += 1;
+                    }
+                    reclaims.push(logged.unwrap_or(ms));
+                }
+                Reclaim::FinishedByOwner => {}
+                Reclaim::Never => {
+                    held_total += 1;
+                    unreclaimed += 1;
+                }
+            }
+        }
     }
     let (verdict, _, _) = rig.judge(&HashMap::new(), true).await?;
     let bound_ms = (LEASE_SECONDS + MAINTENANCE_SECONDS) * 1e3;
@@ -122,8 +148,9 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
         "kill-to-reclaim max ≤ lease TTL + reaper interval",
         unreclaimed == 0 && max <= bound_ms + slack,
         format!(
-            "{} tasks held by killed workers, {} reclaimed; max {max:.0} ms, p99 {:.0} ms (bound \
-             {bound_ms:.0} ms + {slack:.0} ms for polling and the pass itself)",
+            "{} tasks held by killed workers, {} reclaimed ({from_logs} timed by the reaper's log); \
+             max {max:.0} ms, p99 {:.0} ms (bound {bound_ms:.0} ms + {slack:.0} ms for the reaper's \
+             own pass and the timing)",
             held_total,
             reclaims.len(),
             r.recovery_p99_ms.unwrap_or(0.0)
@@ -137,36 +164,45 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls the tasks a killed worker held until each is handed on; (reclaim times in ms, how many
-/// were held and not finished by the dead worker, how many were never reclaimed).
+/// How one task a killed worker held was handed on.
+enum Reclaim {
+    /// The store handed it on; when the poll saw that, in ms after the kill.
+    Polled(f64),
+    /// Its worker committed it just before it died.
+    FinishedByOwner,
+    /// Not within a minute.
+    Never,
+}
+
+/// Polls the tasks a killed worker held until each is handed on (see [`Reclaim`]).
 async fn track_reclaim(
     pool: sqlx::PgPool,
     held: Vec<(String, i32)>,
-    killed_at: Instant,
-) -> (Vec<f64>, usize, usize) {
+    killed_at: (Instant, DateTime<Utc>),
+) -> (Vec<(String, Reclaim)>, (Instant, DateTime<Utc>)) {
     let mut pending: HashMap<String, i32> = held.into_iter().collect();
-    let mut times = Vec::new();
-    let mut finished_by_owner = 0;
-    let total = pending.len();
-    let deadline = killed_at + Duration::from_secs(60);
+    let mut out = Vec::new();
+    let deadline = killed_at.0 + Duration::from_secs(60);
     while !pending.is_empty() && Instant::now() < deadline {
         let ids: Vec<String> = pending.keys().cloned().collect();
         if let Ok(states) = store::states_of(&pool, &ids).await {
-            let at = killed_at.elapsed().as_secs_f64() * 1e3;
+            let at = killed_at.0.elapsed().as_secs_f64() * 1e3;
             for (id, (state, attempts)) in states {
                 let Some(&a) = pending.get(&id) else { continue };
                 if state == "running" && attempts == a {
                     continue;
                 }
-                if state == "succeeded" && attempts == a {
-                    finished_by_owner += 1; // committed just before the kill
+                let how = if state == "succeeded" && attempts == a {
+                    Reclaim::FinishedByOwner
                 } else {
-                    times.push(at);
-                }
+                    Reclaim::Polled(at)
+                };
                 pending.remove(&id);
+                out.push((id, how));
             }
         }
         tokio::time::sleep(RECLAIM_POLL).await;
     }
-    (times, total - finished_by_owner, pending.len())
+    out.extend(pending.into_keys().map(|id| (id, Reclaim::Never)));
+    (out, killed_at)
 }

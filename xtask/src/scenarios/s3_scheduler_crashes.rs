@@ -20,7 +20,7 @@ use crate::rig::Rig;
 pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
     let smoke = rig.opts.smoke;
     let (n_jobs, window_s, n_faults) = if smoke {
-        (40, 20.0, 4)
+        (40, 20.0, 4u32)
     } else {
         (200, 60.0, 12)
     };
@@ -35,9 +35,11 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
     // One fault at a time: each takes its slice of the window.
     let slice = window_s / f64::from(n_faults);
     let mut plan = Vec::new();
+    // Kills and freezes alternate (the seed picks which comes first), so every run has both.
+    let phase = rig.rng.below(2);
     for k in 0..n_faults {
         let sched = rig.rng.below(3);
-        let kill = rig.rng.chance(0.5);
+        let kill = (k as usize + phase).is_multiple_of(2);
         let offset = rig.rng.unit() * slice * 0.3;
         let hold = 1.0 + rig.rng.unit() * (slice * 0.6 - 1.0).max(0.5);
         plan.push((f64::from(k) * slice + offset + 2.0, sched, kill, hold));

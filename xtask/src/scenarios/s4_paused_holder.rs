@@ -50,7 +50,7 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
     let mut late_paths = Vec::new();
     let mut lock_kept = 0;
     let mut next_worker = 10;
-    let mut long_keys = Vec::new();
+    let mut long_keys: Vec<String> = Vec::new();
     let mut freezes = Vec::new();
 
     // The frozen worker of each round is a fresh slot; the others are shared.
@@ -114,6 +114,30 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
             // The next round's holder: a fresh worker on `s4` that must win the leader lease. The
             // last round's taker (the only other worker on `s4`) leaves, and everything else that
             // could lead is frozen until the new worker leads.
+            // ... once the last round's task is done (a worker that leaves mid-task hands it back,
+            // which would add an attempt for a reason that is not the one checked here).
+            let prev: String = long_keys.last().cloned().unwrap_or_default();
+            let pool = rig.pool.clone();
+            cmd::poll(
+                "the last long task to finish",
+                Duration::from_secs(30),
+                Duration::from_millis(100),
+                || {
+                    let (pool, prev) = (pool.clone(), prev.clone());
+                    async move {
+                        let state: Option<String> = sqlx::query_scalar(
+                            "SELECT state FROM tasks WHERE idempotency_key = $1",
+                        )
+                        .bind(prev)
+                        .fetch_optional(&pool)
+                        .await
+                        .ok()
+                        .flatten();
+                        state.filter(|s| crate::store::is_final(s)).map(|_| ())
+                    }
+                },
+            )
+            .await?;
             rig.cluster.signal(holder, holder_index, "TERM").await?;
             let pid = rig.cluster.get(holder, holder_index).pid;
             cmd::poll(

@@ -131,9 +131,12 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
     let mut faults = Vec::new();
     let mut notes = Vec::new();
     let mut long_n = 0;
+    // Black-hole and reset alternate over the faults (the seed picks which comes first).
+    let phase = rig.rng.below(2);
+    let links = [Link::WorkerPg, Link::WorkerAmqp, Link::SchedulerPg];
     for round in 0..rounds {
-        for link in [Link::WorkerPg, Link::WorkerAmqp, Link::SchedulerPg] {
-            let mode = if rig.rng.chance(0.5) {
+        for (k, link) in links.into_iter().enumerate() {
+            let mode = if (round * 3 + k + phase).is_multiple_of(2) {
                 Mode::BlackHole
             } else {
                 Mode::Reset
