@@ -23,6 +23,10 @@ Sat) and ORed by cronie (fires daily). The `stats` block counts how often that m
 
 Also emitted: "fields_agree", whether croniter's per-field value sets equal cronie's (only where
 both accept), so a croniter quirk in field expansion cannot hide as an idem disagreement.
+
+Extensions that cronie lacks are read as croniter reads them: `N/step` and `L` through
+croniter's field values; `W` (which `croniter.expand` does not carry) through croniter's own
+search, and only while day-of-week is `*`, so that the day rule cannot matter.
 """
 
 import datetime as dt

@@ -6,9 +6,13 @@
 //! asking the same question get the same answer. A [`Trigger`] is a plain serde value: nothing is
 //! cached in it, cron expressions and zones are parsed on each call.
 //!
-//! The parts: [`cron`] (the dialect and the search on a zone-less wall clock), [`wall_clock`] (a
-//! zone's local times to instants, and the DST rule), [`interval`] (slots every N seconds) and
-//! [`jitter`].
+//! Cron times are matched on the job zone's *local wall clock* and only then mapped to instants:
+//! a local time inside a spring-forward gap does not fire, a local time that occurs twice on a
+//! fall-back day fires once (at its first occurrence), and every returned instant is strictly
+//! after the one asked about.
+//!
+//! The parts: `cron` (the dialect, and the search on a zone-less wall clock), `wall_clock` (a
+//! zone's local times to instants: the DST rule), `interval` (slots every N seconds) and `jitter`.
 
 mod cron;
 mod interval;

@@ -17,6 +17,22 @@ fn cron_timezone_defaults_to_utc() {
 }
 
 #[test]
+fn cron_timezone_null_means_utc() {
+    let t: Trigger =
+        serde_json::from_value(json!({"type": "cron", "expr": "0 9 * * *", "timezone": null}))
+            .expect("null is UTC");
+    assert_eq!(t, cron("0 9 * * *", "UTC"));
+    assert_eq!(
+        serde_json::to_value(&t).expect("serializes")["timezone"],
+        json!("UTC")
+    );
+    for bad in [json!(1), json!(["UTC"]), json!({})] {
+        let value = json!({"type": "cron", "expr": "0 9 * * *", "timezone": bad});
+        assert!(serde_json::from_value::<Trigger>(value).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn cron_respects_start_and_end_bounds() {
     let bounded = |start: Option<&str>, end: Option<&str>| Trigger::Cron {
         expr: "0 * * * *".to_owned(),

@@ -316,4 +316,24 @@ mod tests {
         }
         assert!(checked > 1_000, "only {checked} comparisons");
     }
+
+    #[test]
+    fn zone_data_applies_no_dst_after_2099() {
+        // Pinned because the module doc and the README say so: chrono-tz's tables stop at 2099,
+        // so a Berlin summer morning in 2100 is read at CET (UTC+1), not CEST.
+        check_sequences(&[
+            (
+                "2099: summer time",
+                cron("0 9 1 7 *", "Europe/Berlin"),
+                "2099-01-01T00:00:00Z",
+                &["2099-07-01T07:00:00Z"],
+            ),
+            (
+                "2100: standard time all year",
+                cron("0 9 1 7 *", "Europe/Berlin"),
+                "2100-01-01T00:00:00Z",
+                &["2100-07-01T08:00:00Z"],
+            ),
+        ]);
+    }
 }

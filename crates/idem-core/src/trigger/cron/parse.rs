@@ -117,17 +117,22 @@ pub(super) fn parse(expr: &str) -> Result<Schedule, String> {
     };
     let invalid = |e: String| format!("invalid cron expression {expr:?}: {e}");
     let field = |f: Field, text: &str| parse_field(f, text).map_err(invalid);
+    // In the order written, so the first field at fault is the one named.
+    let seconds = field(Field::Second, second)?.values;
+    let minutes = field(Field::Minute, rest[0])?.values;
+    let hours = field(Field::Hour, rest[1])?.values;
     let days = field(Field::DayOfMonth, rest[2])?;
+    let months = field(Field::Month, rest[3])?.values;
     let weekdays = field(Field::DayOfWeek, rest[4])?.values;
     let schedule = Schedule {
-        seconds: field(Field::Second, second)?.values,
-        minutes: field(Field::Minute, rest[0])?.values,
-        hours: field(Field::Hour, rest[1])?.values,
+        seconds,
+        minutes,
+        hours,
         days_of_month: DaysOfMonth {
             days: days.values,
             ..days.days
         },
-        months: field(Field::Month, rest[3])?.values,
+        months,
         // 7 is Sunday's other spelling.
         weekdays: (weekdays | (weekdays >> 7)) & 0x7f,
         // cronie's rule (see `man 5 crontab`): when either day field starts with `*`, a day must
