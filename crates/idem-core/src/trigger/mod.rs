@@ -312,6 +312,8 @@ fn search_from(start_at: Option<DateTime<Utc>>, t: DateTime<Utc>) -> DateTime<Ut
 }
 
 #[cfg(test)]
+mod json_tests;
+#[cfg(test)]
 mod test_support;
 #[cfg(test)]
 mod tests;
