@@ -258,11 +258,16 @@ def next_fires(sets, and_rule, tz, start, count, horizon_days):
             day = (day.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
             continue
         if day_matches(day, doms, dows, and_rule):
+            # On the start's own day, only minutes after it (a fire at h:m:00 is after the start
+            # exactly when (h, m) is after the start's hour and minute).
+            after = (local_start.hour, local_start.minute) if day == local_start.date() else (-1, -1)
             for h in hours:
+                if h < after[0]:
+                    continue
                 for m in minutes:
-                    local = dt.datetime(day.year, day.month, day.day, h, m)
-                    if local <= local_start:
+                    if (h, m) <= after:
                         continue
+                    local = dt.datetime(day.year, day.month, day.day, h, m)
                     instant = local.replace(tzinfo=tz).astimezone(dt.timezone.utc)
                     if instant > horizon:
                         return out
