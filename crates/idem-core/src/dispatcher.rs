@@ -81,6 +81,8 @@ impl Dispatcher {
                 .await;
             return Err(e.to_string());
         }
+        // Failpoint: the process dies between the broker's confirm and recording it.
+        fail::fail_point!("dispatcher::after_confirm", |_| Ok(hints.len()));
         let confirmed = self.store.now().await.unwrap_or(now);
         // If this fails, the provisional mark stands: a duplicate message after the publish
         // lease, which the worker's claim drops.
