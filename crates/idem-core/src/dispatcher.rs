@@ -96,7 +96,11 @@ impl Dispatcher {
         let mut failures = 0u32;
         loop {
             ready.borrow_and_update();
-            let wait = match self.run_once().await {
+            // Bounded: a store or broker that stops answering must not wedge the dispatcher.
+            let once = tokio::time::timeout(crate::scheduler::PASS_BOUND, self.run_once())
+                .await
+                .unwrap_or_else(|_| Err("the dispatch pass timed out".to_owned()));
+            let wait = match once {
                 Ok(n) if n as u32 == DISPATCH_BATCH => continue,
                 Ok(n) => {
                     // Only a publish proves the broker is back; an empty pass proves nothing.

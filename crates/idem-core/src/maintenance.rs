@@ -116,10 +116,14 @@ impl Maintenance {
         let mut lease = None;
         loop {
             if self.lead(&mut lease).await {
-                let pass = match self.store.now().await {
-                    Ok(now) => self.run_once(now).await,
-                    Err(e) => Err(e),
+                let pass = async {
+                    let now = self.store.now().await?;
+                    self.run_once(now).await
                 };
+                // Bounded: a store that stops answering must not wedge the leader.
+                let pass = tokio::time::timeout(crate::scheduler::PASS_BOUND, pass)
+                    .await
+                    .unwrap_or_else(|_| Err(StoreError::Unavailable("the pass timed out".into())));
                 if let Err(e) = pass {
                     tracing::warn!(error = %e, "maintenance pass failed");
                 }
