@@ -114,7 +114,15 @@ impl Maintenance {
 
     pub async fn run(self, shutdown: CancellationToken) {
         let mut lease = None;
+        // A fixed period, not a sleep after each pass: the pass's own duration must not add to the
+        // time a dead worker's task waits after its lease expired (at most the lease plus `every`).
+        let mut ticks = tokio::time::interval(self.every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticks.tick() => {}
+            }
             if self.lead(&mut lease).await {
                 let pass = async {
                     let now = self.store.now().await?;
@@ -127,10 +135,6 @@ impl Maintenance {
                 if let Err(e) = pass {
                     tracing::warn!(error = %e, "maintenance pass failed");
                 }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(self.every) => {}
             }
         }
         if let (Some(locks), Some(l)) = (&self.locks, &lease) {
