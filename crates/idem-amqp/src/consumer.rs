@@ -167,7 +167,10 @@ struct AmqpAcker {
 #[async_trait]
 impl Acker for AmqpAcker {
     async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        settled("ack", self.acker.ack(BasicAckOptions::default()).await)
+        crate::bounded("ack", async {
+            settled("ack", self.acker.ack(BasicAckOptions::default()).await)
+        })
+        .await
     }
 
     async fn requeue(self: Box<Self>) -> Result<(), BrokerError> {
@@ -175,7 +178,10 @@ impl Acker for AmqpAcker {
             requeue: true,
             ..BasicNackOptions::default()
         };
-        settled("requeue", self.acker.nack(options).await)
+        crate::bounded("requeue", async {
+            settled("requeue", self.acker.nack(options).await)
+        })
+        .await
     }
 }
 

@@ -21,6 +21,8 @@ mod message;
 mod publisher;
 mod topology;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use idem_core::broker::{Broker, BrokerError, Consumer, Hint};
 use idem_core::ids::QueueName;
@@ -73,14 +75,38 @@ impl AmqpBroker {
     }
 }
 
+/// The longest any broker call may take — connecting, publishing with every confirm, starting a
+/// consumer — before it fails as `Unavailable`/`NotConfirmed`. A broker that accepts a connection
+/// and then never answers (a partition that drops packets, a publisher blocked by a resource alarm)
+/// costs each call this long, never forever. It equals the dispatcher's publish lease: a publish
+/// given up here is taken again by the outbox, and a duplicate is dropped by the worker's claim.
+pub const CALL_BOUND: Duration = Duration::from_secs(10);
+
+async fn bounded<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, BrokerError>>,
+) -> Result<T, BrokerError> {
+    tokio::time::timeout(CALL_BOUND, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(BrokerError::Unavailable(format!(
+                "{what}: no answer from RabbitMQ within {} s",
+                CALL_BOUND.as_secs()
+            )))
+        })
+}
+
 #[async_trait]
 impl Broker for AmqpBroker {
     async fn publish(&self, hints: &[Hint]) -> Result<(), BrokerError> {
         if hints.is_empty() {
             return Ok(());
         }
-        let session = self.link.session().await?;
-        publisher::publish(&session, &self.opts.queue_prefix, hints).await
+        bounded("publishing", async {
+            let session = self.link.session().await?;
+            publisher::publish(&session, &self.opts.queue_prefix, hints).await
+        })
+        .await
     }
 
     async fn consume(
@@ -88,13 +114,16 @@ impl Broker for AmqpBroker {
         queues: &[QueueName],
         prefetch: u16,
     ) -> Result<Box<dyn Consumer>, BrokerError> {
-        let session = self.link.session().await?;
-        let consumer =
-            consumer::consume(&session, &self.opts.queue_prefix, queues, prefetch).await?;
-        Ok(Box::new(consumer))
+        bounded("starting a consumer", async {
+            let session = self.link.session().await?;
+            let consumer =
+                consumer::consume(&session, &self.opts.queue_prefix, queues, prefetch).await?;
+            Ok(Box::new(consumer) as Box<dyn Consumer>)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
-        self.link.session().await.map(|_| ())
+        bounded("connecting", self.link.session()).await.map(|_| ())
     }
 }

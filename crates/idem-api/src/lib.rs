@@ -5,6 +5,7 @@
 //! every answer that is not a success is `application/problem+json` ([`ApiError`]), including
 //! malformed bodies, unknown routes and wrong methods; no input makes a handler panic.
 
+mod deadline;
 mod docs;
 mod error;
 mod extract;
@@ -21,6 +22,7 @@ mod workers;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -37,6 +39,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The body limit used when none is configured (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The request timeout used when none is configured.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A dependency that `/health/ready` checks besides the store (a broker, Redis).
 pub trait Probe: Send + Sync {
@@ -59,6 +64,8 @@ pub struct AppState {
     pub probes: Vec<Arc<dyn Probe>>,
     /// Request bodies larger than this are refused with 413.
     pub max_body_bytes: usize,
+    /// A request still unanswered after this (plus a long-poll's wait) is answered 503.
+    pub request_timeout: Duration,
     /// The idempotency cache (Redis), a fast path for replays; `None` asks the store every time.
     pub cache: Option<Arc<dyn idem_core::locks::IdempotencyCache>>,
 }
@@ -72,6 +79,7 @@ impl AppState {
             metrics: None,
             probes: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             cache: None,
         }
     }
@@ -107,6 +115,10 @@ pub fn router(state: AppState) -> Router {
         // After every route is added: it applies to the routes present when called.
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            deadline::bound,
+        ))
         .layer(axum::middleware::from_fn(metrics::track_http))
         // A panicking handler answers 500 (made a problem by the next layer), not a dropped connection.
         .layer(tower_http::catch_panic::CatchPanicLayer::new())

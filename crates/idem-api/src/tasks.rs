@@ -23,7 +23,7 @@ use crate::validate::Checker;
 use crate::AppState;
 
 /// The longest `wait_seconds` of a result long-poll.
-const MAX_WAIT_SECONDS: f64 = 60.0;
+pub(crate) const MAX_WAIT_SECONDS: f64 = 60.0;
 /// How often a long-poll looks again without a wake-up (a task finished by another process).
 const POLL_TICK: Duration = Duration::from_millis(250);
 

@@ -81,6 +81,8 @@ impl Dispatcher {
                 .await;
             return Err(e.to_string());
         }
+        // Failpoint: the process dies between the broker's confirm and recording it.
+        fail::fail_point!("dispatcher::after_confirm", |_| Ok(hints.len()));
         let confirmed = self.store.now().await.unwrap_or(now);
         // If this fails, the provisional mark stands: a duplicate message after the publish
         // lease, which the worker's claim drops.
@@ -94,7 +96,11 @@ impl Dispatcher {
         let mut failures = 0u32;
         loop {
             ready.borrow_and_update();
-            let wait = match self.run_once().await {
+            // Bounded: a store or broker that stops answering must not wedge the dispatcher.
+            let once = tokio::time::timeout(crate::scheduler::PASS_BOUND, self.run_once())
+                .await
+                .unwrap_or_else(|_| Err("the dispatch pass timed out".to_owned()));
+            let wait = match once {
                 Ok(n) if n as u32 == DISPATCH_BATCH => continue,
                 Ok(n) => {
                     // Only a publish proves the broker is back; an empty pass proves nothing.

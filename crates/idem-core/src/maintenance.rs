@@ -114,19 +114,27 @@ impl Maintenance {
 
     pub async fn run(self, shutdown: CancellationToken) {
         let mut lease = None;
+        // A fixed period, not a sleep after each pass: the pass's own duration must not add to the
+        // time a dead worker's task waits after its lease expired (at most the lease plus `every`).
+        let mut ticks = tokio::time::interval(self.every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticks.tick() => {}
+            }
             if self.lead(&mut lease).await {
-                let pass = match self.store.now().await {
-                    Ok(now) => self.run_once(now).await,
-                    Err(e) => Err(e),
+                let pass = async {
+                    let now = self.store.now().await?;
+                    self.run_once(now).await
                 };
+                // Bounded: a store that stops answering must not wedge the leader.
+                let pass = tokio::time::timeout(crate::scheduler::PASS_BOUND, pass)
+                    .await
+                    .unwrap_or_else(|_| Err(StoreError::Unavailable("the pass timed out".into())));
                 if let Err(e) = pass {
                     tracing::warn!(error = %e, "maintenance pass failed");
                 }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(self.every) => {}
             }
         }
         if let (Some(locks), Some(l)) = (&self.locks, &lease) {

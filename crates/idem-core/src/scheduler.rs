@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::job::{FireOutcome, FireRecord};
 use crate::store::{Store, StoreError};
 
+/// The longest one pass may take before it is abandoned (its transaction rolls back) and retried.
+pub const PASS_BOUND: Duration = Duration::from_secs(30);
+
 /// How many jobs one `fire_due` call may take; a pass repeats it until fewer come back.
 pub const FIRE_BATCH: u32 = 256;
 
@@ -57,7 +60,11 @@ impl Scheduler {
             // Waits are measured on the store's clock (the one due times are written in), minus
             // the time the pass itself took.
             let started = std::time::Instant::now();
-            let wait = match self.pass().await {
+            // Bounded: a store that stops answering mid-pass must not wedge this scheduler.
+            let pass = tokio::time::timeout(PASS_BOUND, self.pass())
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("the pass timed out".into())));
+            let wait = match pass {
                 Ok((now, next)) => {
                     failures = 0;
                     let until = next.map_or(self.max_sleep, |n| {

@@ -7,8 +7,10 @@
 //! PostgreSQL).
 
 mod fire;
+mod outcome;
 pub mod postgres;
 pub mod sqlite;
+mod wake;
 
 pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;

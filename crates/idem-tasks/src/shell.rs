@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use idem_core::{Registry, TaskContext, TaskError};
+use rustix::process::{kill_process_group, Pid, Signal};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
@@ -170,22 +171,22 @@ impl ProcessGroup {
         Self { pgid: Some(pgid) }
     }
 
+    /// Sends SIGKILL to the whole group: one `kill(2)` system call, which never blocks, so it is
+    /// safe in async code and in `Drop` (an earlier version ran the `kill` program and waited for
+    /// it there).
     fn kill(&mut self) {
         let Some(pgid) = self.pgid.take() else {
             return;
         };
-        // Signalling a group needs kill(2) with a negative pid; the `libc` call is `unsafe`, which
-        // the workspace forbids, so the `kill` program does it. It waits only for `kill` itself.
-        let result = std::process::Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pgid}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        // A failing status is expected when the group is already gone; only failing to run `kill`
-        // at all means processes may be left behind.
-        if let Err(e) = result {
-            tracing::warn!(pgid, error = %e, "could not run `kill` to stop a shell task's process group");
+        let Some(pid) = i32::try_from(pgid).ok().and_then(Pid::from_raw) else {
+            return;
+        };
+        match kill_process_group(pid, Signal::KILL) {
+            // ESRCH: the group is already gone, which is the common case after the program exits.
+            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+            Err(e) => {
+                tracing::warn!(pgid, error = %e, "could not kill a shell task's process group")
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod conformance;
 pub mod faulty;
 pub mod fixtures;
 pub mod locks_conformance;
+pub mod memory_broker;
 pub mod services;
 
 /// Generates one `#[tokio::test]` per conformance case for a store factory: an async closure returning

@@ -258,6 +258,7 @@ pub async fn start(
             metrics: Some(metrics),
             probes: probes(cfg, &broker, &locks),
             max_body_bytes: cfg.max_body_bytes,
+            request_timeout: cfg.request_timeout,
             cache: cache.clone(),
         });
         let stop = shutdown.clone();

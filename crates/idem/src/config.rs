@@ -140,6 +140,14 @@ pub struct Settings {
     /// Largest accepted request body.
     #[arg(long, global = true, env = "IDEM_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
+    /// Longest an API request may take before it is answered 503 (a long-poll's wait comes on top).
+    #[arg(
+        long,
+        global = true,
+        env = "IDEM_REQUEST_TIMEOUT_SECONDS",
+        default_value_t = 30.0
+    )]
+    pub request_timeout_seconds: f64,
     /// How often the maintenance pass (lease reaper, expiry, pruning) runs.
     #[arg(
         long,
@@ -193,6 +201,7 @@ pub struct Config {
     pub lease: Duration,
     pub shutdown_grace: Duration,
     pub max_body_bytes: usize,
+    pub request_timeout: Duration,
     pub maintenance_every: Duration,
     pub poll: Duration,
 }
@@ -319,6 +328,11 @@ impl Settings {
                 )?
                 .as_secs_f64(),
             ),
+            request_timeout: positive_secs(
+                "IDEM_REQUEST_TIMEOUT_SECONDS",
+                self.request_timeout_seconds,
+                3600.0,
+            )?,
             max_body_bytes: if self.max_body_bytes == 0 {
                 return Err(bad("IDEM_MAX_BODY_BYTES", "must be positive"));
             } else {

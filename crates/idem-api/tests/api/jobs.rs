@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use chrono::{Datelike, Timelike};
 use serde_json::{json, Value};
 
 use crate::common::{assert_problem, fields, spawn_app, App};
@@ -344,6 +345,50 @@ async fn invalid_triggers_are_refused_naming_the_trigger_field() {
         let got = fields(&problem);
         assert!(got[0].starts_with(field), "{trigger}: {got:?}");
     }
+}
+
+#[tokio::test]
+async fn cron_outside_the_dialect_is_refused_naming_the_cron_field() {
+    let app = spawn_app().await;
+    let cases = [
+        ("0 0 * MON *", "month field \"MON\""),
+        ("0 0 * * JAN", "day-of-week field \"JAN\""),
+        ("1,,2 * * * *", "minute field \"1,,2\""),
+        ("? ? ? ? ?", "minute field \"?\""),
+    ];
+    for (expr, needle) in cases {
+        let trigger = json!({"type": "cron", "expr": expr});
+        let (status, _, problem) = app
+            .post("/api/v1/jobs", json!({"task": "noop", "trigger": trigger}))
+            .await;
+        assert_problem(status, &problem, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(fields(&problem), ["trigger.expr"], "{expr}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(needle), "{expr}: {detail}");
+    }
+}
+
+#[tokio::test]
+async fn a_cron_timezone_of_null_means_utc() {
+    let app = spawn_app().await;
+    let trigger = json!({"type": "cron", "expr": "0 0 */2 * 1", "timezone": null});
+    let job = create_job(
+        &app,
+        json!({"id": "odd-mondays", "task": "noop", "trigger": trigger}),
+    )
+    .await;
+    assert_eq!(job["trigger"]["timezone"], "UTC");
+    // An odd-numbered day that is a Monday, at midnight UTC.
+    let next: chrono::DateTime<chrono::Utc> = job["next_run_at"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("next_run_at in {job}"));
+    assert_eq!(next.weekday(), chrono::Weekday::Mon, "{next}");
+    assert_eq!(
+        (next.day() % 2, next.hour(), next.minute()),
+        (1, 0, 0),
+        "{next}"
+    );
 }
 
 #[tokio::test]

@@ -183,3 +183,30 @@ async fn a_dependency_that_does_not_answer_fails_readiness_after_the_timeout() {
         "{problem}"
     );
 }
+
+#[tokio::test]
+async fn a_request_the_store_does_not_answer_is_a_503_within_the_request_timeout() {
+    use idem_testkit::faulty::{FaultyStore, Link};
+    let link = std::sync::Mutex::new(None);
+    let app = spawn_app_with(|s| {
+        let faulty = FaultyStore::new(s.store.clone());
+        *link.lock().unwrap() = Some(faulty.clone());
+        s.store = faulty;
+        s.request_timeout = std::time::Duration::from_millis(200);
+    })
+    .await;
+    link.lock().unwrap().as_ref().unwrap().set(Link::BlackHole);
+    let (status, _, problem) = app
+        .post("/api/v1/tasks/submit", json!({"task": "noop"}))
+        .await;
+    assert_problem(status, &problem, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish"),
+        "{problem}"
+    );
+    let (status, _, _) = app.get("/api/v1/jobs").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}

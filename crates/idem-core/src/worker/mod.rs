@@ -186,7 +186,13 @@ impl Worker {
         let hard = run.hard_stop.clone();
         run.tracker.spawn(async move {
             me.execute(claim, sent, token, hard).await;
-            if let Some(acker) = acker {
+            // Failpoint: the process dies between committing the outcome and acknowledging the
+            // message (which then stays unsettled, to be redelivered).
+            let died = (|| {
+                fail::fail_point!("worker::after_commit", |_| true);
+                false
+            })();
+            if let Some(acker) = acker.filter(|_| !died) {
                 if let Err(e) = acker.ack().await {
                     // The message comes back; the claim will find the task finished and drop it.
                     tracing::debug!(error = %e, "ack failed");

@@ -71,6 +71,12 @@ impl PgStore {
             // Quoted, so a mixed-case name means the schema `create_schema` made.
             connect = connect.options([("search_path", format!("\"{schema}\""))]);
         }
+        // A process cut off in the middle of a transaction (a partition that drops packets) would
+        // otherwise keep its row locks — due jobs, claimed tasks — until the server notices the dead
+        // peer, which by TCP keepalive takes hours: other schedulers and workers skip locked rows,
+        // so those jobs would not fire. The server ends such a session after 10 s instead. idem's
+        // transactions never wait on anything but the database between statements.
+        connect = connect.options([("idle_in_transaction_session_timeout", "10s")]);
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections.max(1))
             // While PostgreSQL is down a call fails within this (503, a retry with backoff)

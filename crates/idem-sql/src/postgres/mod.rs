@@ -39,7 +39,7 @@ use tokio_util::sync::DropGuard;
 
 use self::clock::DbClock;
 use self::notify::{Channels, Signal};
-use crate::db_err;
+use crate::{db_err, wake};
 
 /// The store over one PostgreSQL database (and schema). Cheap to clone; the clones share the pool,
 /// the wake-ups and the listener, which stops when the last clone is dropped.
@@ -102,24 +102,14 @@ impl PgStore {
         for (index, t) in batch.into_iter().enumerate() {
             out.push(submit::submit_one(&mut tx, t, now, index).await?);
         }
-        let signals: &[Signal] = if out.iter().any(|s| !s.replayed) {
-            &[Signal::Tasks]
-        } else {
-            &[]
-        };
-        self.commit(tx, signals).await?;
+        self.commit(tx, &wake::after_submit(&out)).await?;
         Ok(out)
     }
 
     async fn fire_due_once(&self, now: DateTime<Utc>, limit: u32) -> Result<FirePass, StoreError> {
         let mut tx = self.begin().await?;
         let pass = crate::fire::fire_due(&mut jobs::Fire(&mut tx), now, limit).await?;
-        let signals: &[Signal] = if pass.fires.iter().any(|f| f.task_id.is_some()) {
-            &[Signal::Tasks]
-        } else {
-            &[]
-        };
-        self.commit(tx, signals).await?;
+        self.commit(tx, &wake::after_fire(&pass)).await?;
         Ok(pass)
     }
 }
@@ -168,7 +158,7 @@ impl Store for PgStore {
     async fn create_job(&self, job: Job, replace: bool) -> Result<Job, StoreError> {
         let mut tx = self.begin().await?;
         let out = jobs::create(&mut tx, job, replace).await?;
-        self.commit(tx, &[Signal::Jobs]).await?;
+        self.commit(tx, &wake::after_job_write()).await?;
         Ok(out)
     }
 
@@ -187,14 +177,14 @@ impl Store for PgStore {
     async fn update_job(&self, job: Job, expected: i64) -> Result<Cas<Job>, StoreError> {
         let mut tx = self.begin().await?;
         let out = jobs::update(&mut tx, job, expected).await?;
-        self.commit(tx, &[Signal::Jobs]).await?;
+        self.commit(tx, &wake::after_job_write()).await?;
         Ok(out)
     }
 
     async fn delete_job(&self, id: &JobId, expected: Option<i64>) -> Result<Cas<()>, StoreError> {
         let mut tx = self.begin().await?;
         let out = jobs::delete(&mut tx, id, expected).await?;
-        self.commit(tx, &[Signal::Jobs]).await?;
+        self.commit(tx, &wake::after_job_write()).await?;
         Ok(out)
     }
 
@@ -249,16 +239,7 @@ impl Store for PgStore {
     ) -> Result<Option<Task>, StoreError> {
         let mut tx = self.begin().await?;
         let out = tasks::cancel(&mut tx, id, now).await?;
-        let mut signals = Vec::new();
-        if let Some((task, was_running)) = &out {
-            if was_running.is_some() {
-                signals.push(Signal::Cancelled(task.id));
-            }
-            if task.state.is_final() {
-                signals.push(Signal::Finished);
-            }
-        }
-        self.commit(tx, &signals).await?;
+        self.commit(tx, &wake::after_cancel(&out)).await?;
         Ok(out.map(|(t, _)| t))
     }
 
@@ -302,12 +283,7 @@ impl Store for PgStore {
     ) -> Result<Task, StoreError> {
         let mut tx = self.begin().await?;
         let task = tasks::finish(&mut tx, lease, finish, now).await?;
-        let signal = if task.state.is_final() {
-            Signal::Finished
-        } else {
-            Signal::Tasks
-        };
-        self.commit(tx, &[signal]).await?;
+        self.commit(tx, &wake::after_finish([&task])).await?;
         Ok(task)
     }
 
@@ -324,14 +300,7 @@ impl Store for PgStore {
                 r => r,
             });
         }
-        let ok: Vec<&Task> = out.iter().filter_map(|r| r.as_ref().ok()).collect();
-        let mut signals = Vec::new();
-        if ok.iter().any(|t| t.state.is_final()) {
-            signals.push(Signal::Finished);
-        }
-        if ok.iter().any(|t| !t.state.is_final()) {
-            signals.push(Signal::Tasks);
-        }
+        let signals = wake::after_finish(out.iter().filter_map(|r| r.as_ref().ok()));
         self.commit(tx, &signals).await?;
         Ok(out)
     }
@@ -339,7 +308,7 @@ impl Store for PgStore {
     async fn release(&self, lease: Lease, now: DateTime<Utc>) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         tasks::release(&mut tx, lease, now).await?;
-        self.commit(tx, &[Signal::Tasks]).await
+        self.commit(tx, &wake::after_release()).await
     }
 
     async fn next_ready_at(
@@ -380,20 +349,14 @@ impl Store for PgStore {
     async fn reap_leases(&self, now: DateTime<Utc>) -> Result<Vec<Reaped>, StoreError> {
         let mut tx = self.begin().await?;
         let out = tasks::reap(&mut tx, now).await?;
-        let signals: &[Signal] = if out.is_empty() {
-            &[]
-        } else {
-            &[Signal::Tasks, Signal::Finished]
-        };
-        self.commit(tx, signals).await?;
+        self.commit(tx, &wake::after_reap(&out)).await?;
         Ok(out)
     }
 
     async fn expire_tasks(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let mut tx = self.begin().await?;
         let n = tasks::expire(&mut tx, now).await?;
-        let signals: &[Signal] = if n > 0 { &[Signal::Finished] } else { &[] };
-        self.commit(tx, signals).await?;
+        self.commit(tx, &wake::after_expire(n)).await?;
         Ok(n)
     }
 

@@ -10,35 +10,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use idem_core::{TaskId, Wakeups};
+use idem_core::Wakeups;
 use sqlx::postgres::{PgListener, PgNotification};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-/// One kind of wake-up, as a store method announces it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Signal {
-    /// A job was created, changed or deleted.
-    Jobs,
-    /// A task became (or will become) runnable.
-    Tasks,
-    /// A task reached a final state.
-    Finished,
-    /// A running task was cancelled.
-    Cancelled(TaskId),
-}
-
-impl Signal {
-    /// Fires the in-process wake-up.
-    pub(super) fn fire(self, wakeups: &Wakeups) {
-        match self {
-            Signal::Jobs => wakeups.jobs_changed(),
-            Signal::Tasks => wakeups.tasks_ready(),
-            Signal::Finished => wakeups.task_finished(),
-            Signal::Cancelled(id) => wakeups.task_cancelled(id),
-        }
-    }
-}
+pub(super) use crate::wake::Signal;
 
 /// A channel name is an identifier: at most 63 bytes, longer ones are refused by `pg_notify`.
 const MAX_CHANNEL: usize = 63;
@@ -191,6 +168,7 @@ fn fire_all(wakeups: &Wakeups) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use idem_core::TaskId;
 
     #[test]
     fn channels_are_prefixed_by_schema_and_fit_an_identifier() {

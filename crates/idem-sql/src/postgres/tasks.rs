@@ -15,6 +15,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::{queue_list, rows};
 use crate::db_err;
+use crate::outcome::{refused, Outcome};
 
 pub(super) async fn get<'e, E>(ex: E, id: TaskId) -> Result<Option<Task>, StoreError>
 where
@@ -229,11 +230,7 @@ pub(super) async fn finish(
     finish: Finish,
     now: DateTime<Utc>,
 ) -> Result<Task, StoreError> {
-    let (state, result, error, run_at, finished_at) = match &finish {
-        Finish::Succeeded(v) => (TaskState::Succeeded, Some(v), None, None, Some(now)),
-        Finish::Retry { at, error } => (TaskState::Retrying, None, Some(error), Some(*at), None),
-        Finish::Failed(error) => (TaskState::Failed, None, Some(error), None, Some(now)),
-    };
+    let o = Outcome::of(&finish, now);
     let row = sqlx::query(
         "UPDATE tasks SET state = $1, result = $2, error_kind = $3, error_message = $4,
              run_at = COALESCE($5, run_at), finished_at = $6, lease_owner = NULL,
@@ -241,12 +238,12 @@ pub(super) async fn finish(
          WHERE id = $7 AND attempts = $8 AND state = 'running'
          RETURNING *",
     )
-    .bind(state.as_str())
-    .bind(result.map(rows::jsonb))
-    .bind(error.map(|e| rows::text(&e.kind)))
-    .bind(error.map(|e| rows::text(&e.message)))
-    .bind(run_at)
-    .bind(finished_at)
+    .bind(o.state.as_str())
+    .bind(o.result.map(rows::jsonb))
+    .bind(o.error.map(|e| rows::text(&e.kind)))
+    .bind(o.error.map(|e| rows::text(&e.message)))
+    .bind(o.run_at)
+    .bind(o.finished_at)
     .bind(lease.task_id.to_string())
     .bind(lease.attempt)
     .fetch_optional(&mut *tx)
@@ -254,11 +251,10 @@ pub(super) async fn finish(
     .map_err(db_err)?;
     match row {
         Some(r) => rows::task(&r),
-        None if get(&mut *tx, lease.task_id).await?.is_some() => Err(StoreError::Fenced {
-            task_id: lease.task_id,
-            attempt: lease.attempt,
-        }),
-        None => Err(StoreError::TaskNotFound(lease.task_id)),
+        None => Err(refused(
+            lease,
+            get(&mut *tx, lease.task_id).await?.is_some(),
+        )),
     }
 }
 

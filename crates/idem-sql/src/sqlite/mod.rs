@@ -30,6 +30,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use crate::db_err;
+use crate::wake::{self, Signal};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -88,6 +89,20 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(Box::new(e)))
     }
 
+    /// Commits, then fires `signals` in this process (other processes sharing the file notice within
+    /// their idle bound).
+    async fn commit(
+        &self,
+        tx: Transaction<'static, Sqlite>,
+        signals: &[Signal],
+    ) -> Result<(), StoreError> {
+        tx.commit().await.map_err(db_err)?;
+        for s in signals {
+            s.fire(&self.wakeups);
+        }
+        Ok(())
+    }
+
     async fn write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.writer
             .begin_with("BEGIN IMMEDIATE")
@@ -123,8 +138,7 @@ impl Store for SqliteStore {
     async fn create_job(&self, job: Job, replace: bool) -> Result<Job, StoreError> {
         let mut tx = self.write().await?;
         let out = jobs::create(&mut tx, job, replace).await?;
-        tx.commit().await.map_err(db_err)?;
-        self.wakeups.jobs_changed();
+        self.commit(tx, &wake::after_job_write()).await?;
         Ok(out)
     }
 
@@ -143,16 +157,14 @@ impl Store for SqliteStore {
     async fn update_job(&self, job: Job, expected: i64) -> Result<Cas<Job>, StoreError> {
         let mut tx = self.write().await?;
         let out = jobs::update(&mut tx, job, expected).await?;
-        tx.commit().await.map_err(db_err)?;
-        self.wakeups.jobs_changed();
+        self.commit(tx, &wake::after_job_write()).await?;
         Ok(out)
     }
 
     async fn delete_job(&self, id: &JobId, expected: Option<i64>) -> Result<Cas<()>, StoreError> {
         let mut tx = self.write().await?;
         let out = jobs::delete(&mut tx, id, expected).await?;
-        tx.commit().await.map_err(db_err)?;
-        self.wakeups.jobs_changed();
+        self.commit(tx, &wake::after_job_write()).await?;
         Ok(out)
     }
 
@@ -163,10 +175,7 @@ impl Store for SqliteStore {
     async fn fire_due(&self, now: DateTime<Utc>, limit: u32) -> Result<FirePass, StoreError> {
         let mut tx = self.write().await?;
         let pass = crate::fire::fire_due(&mut jobs::Fire(&mut tx), now, limit).await?;
-        tx.commit().await.map_err(db_err)?;
-        if pass.fires.iter().any(|f| f.task_id.is_some()) {
-            self.wakeups.tasks_ready();
-        }
+        self.commit(tx, &wake::after_fire(&pass)).await?;
         Ok(pass)
     }
 
@@ -184,10 +193,7 @@ impl Store for SqliteStore {
         for (index, t) in batch.into_iter().enumerate() {
             out.push(tasks::submit_one(&mut tx, t, now, index).await?);
         }
-        tx.commit().await.map_err(db_err)?;
-        if out.iter().any(|s| !s.replayed) {
-            self.wakeups.tasks_ready();
-        }
+        self.commit(tx, &wake::after_submit(&out)).await?;
         Ok(out)
     }
 
@@ -210,15 +216,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<Task>, StoreError> {
         let mut tx = self.write().await?;
         let out = tasks::cancel(&mut tx, id, now).await?;
-        tx.commit().await.map_err(db_err)?;
-        if let Some((task, was_running)) = &out {
-            if was_running.is_some() {
-                self.wakeups.task_cancelled(task.id);
-            }
-            if task.state.is_final() {
-                self.wakeups.task_finished();
-            }
-        }
+        self.commit(tx, &wake::after_cancel(&out)).await?;
         Ok(out.map(|(t, _)| t))
     }
 
@@ -262,12 +260,7 @@ impl Store for SqliteStore {
     ) -> Result<Task, StoreError> {
         let mut tx = self.write().await?;
         let task = tasks::finish(&mut tx, lease, finish, now).await?;
-        tx.commit().await.map_err(db_err)?;
-        if task.state.is_final() {
-            self.wakeups.task_finished();
-        } else {
-            self.wakeups.tasks_ready();
-        }
+        self.commit(tx, &wake::after_finish([&task])).await?;
         Ok(task)
     }
 
@@ -284,28 +277,15 @@ impl Store for SqliteStore {
                 r => r,
             });
         }
-        tx.commit().await.map_err(db_err)?;
-        let ok = out.iter().filter_map(|r| r.as_ref().ok());
-        let (mut finished, mut ready) = (false, false);
-        for t in ok {
-            finished |= t.state.is_final();
-            ready |= !t.state.is_final();
-        }
-        if finished {
-            self.wakeups.task_finished();
-        }
-        if ready {
-            self.wakeups.tasks_ready();
-        }
+        let signals = wake::after_finish(out.iter().filter_map(|r| r.as_ref().ok()));
+        self.commit(tx, &signals).await?;
         Ok(out)
     }
 
     async fn release(&self, lease: Lease, now: DateTime<Utc>) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         tasks::release(&mut tx, lease, now).await?;
-        tx.commit().await.map_err(db_err)?;
-        self.wakeups.tasks_ready();
-        Ok(())
+        self.commit(tx, &wake::after_release()).await
     }
 
     async fn next_ready_at(
@@ -347,11 +327,7 @@ impl Store for SqliteStore {
     async fn reap_leases(&self, now: DateTime<Utc>) -> Result<Vec<Reaped>, StoreError> {
         let mut tx = self.write().await?;
         let out = tasks::reap(&mut tx, now).await?;
-        tx.commit().await.map_err(db_err)?;
-        if !out.is_empty() {
-            self.wakeups.tasks_ready();
-            self.wakeups.task_finished();
-        }
+        self.commit(tx, &wake::after_reap(&out)).await?;
         Ok(out)
     }
 
@@ -364,8 +340,8 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await
         .map_err(db_err)?;
-        if r.rows_affected() > 0 {
-            self.wakeups.task_finished();
+        for s in wake::after_expire(r.rows_affected()) {
+            s.fire(&self.wakeups);
         }
         Ok(r.rows_affected())
     }

@@ -13,6 +13,7 @@ use sqlx::{SqliteConnection, SqlitePool};
 
 use super::{ms, queue_list, rows};
 use crate::db_err;
+use crate::outcome::{refused, Outcome};
 
 /// Submits one task inside the caller's transaction: a live key with the same fingerprint replays
 /// its task, with another fingerprint refuses the batch; a new or expired key makes a new task.
@@ -322,17 +323,7 @@ pub(super) async fn finish(
     finish: Finish,
     now: DateTime<Utc>,
 ) -> Result<Task, StoreError> {
-    let (state, result, error, run_at, finished_at) = match &finish {
-        Finish::Succeeded(v) => (
-            TaskState::Succeeded,
-            Some(v.to_string()),
-            None,
-            None,
-            Some(now),
-        ),
-        Finish::Retry { at, error } => (TaskState::Retrying, None, Some(error), Some(*at), None),
-        Finish::Failed(error) => (TaskState::Failed, None, Some(error), None, Some(now)),
-    };
+    let o = Outcome::of(&finish, now);
     let row = sqlx::query(
         "UPDATE tasks SET state = ?, result = ?, error_kind = ?, error_message = ?,
              run_at = COALESCE(?, run_at), finished_at = ?, lease_owner = NULL,
@@ -340,12 +331,12 @@ pub(super) async fn finish(
          WHERE id = ? AND attempts = ? AND state = 'running'
          RETURNING *",
     )
-    .bind(state.as_str())
-    .bind(result)
-    .bind(error.map(|e| e.kind.as_str()))
-    .bind(error.map(|e| e.message.as_str()))
-    .bind(run_at.map(ms))
-    .bind(finished_at.map(ms))
+    .bind(o.state.as_str())
+    .bind(o.result.map(|v| v.to_string()))
+    .bind(o.error.map(|e| e.kind.as_str()))
+    .bind(o.error.map(|e| e.message.as_str()))
+    .bind(o.run_at.map(ms))
+    .bind(o.finished_at.map(ms))
     .bind(lease.task_id.to_string())
     .bind(i64::from(lease.attempt))
     .fetch_optional(&mut *tx)
@@ -353,11 +344,10 @@ pub(super) async fn finish(
     .map_err(db_err)?;
     match row {
         Some(r) => rows::task(&r),
-        None if get(&mut *tx, lease.task_id).await?.is_some() => Err(StoreError::Fenced {
-            task_id: lease.task_id,
-            attempt: lease.attempt,
-        }),
-        None => Err(StoreError::TaskNotFound(lease.task_id)),
+        None => Err(refused(
+            lease,
+            get(&mut *tx, lease.task_id).await?.is_some(),
+        )),
     }
 }
 
