@@ -68,6 +68,10 @@ struct ChaosArgs {
     /// Keep the databases, vhosts and Redis indexes of failed scenarios for inspection.
     #[arg(long)]
     keep: bool,
+    /// `KEY=VALUE` for every idem process, over the runner's own settings (repeatable), e.g.
+    /// `--idem-env IDEM_REDELIVER_SECONDS=4` to see what a setting changes.
+    #[arg(long = "idem-env", value_name = "KEY=VALUE")]
+    idem_env: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -94,6 +98,16 @@ fn main() -> ExitCode {
             scenarios::ALL
         );
         return ExitCode::from(2);
+    }
+    let mut idem_env = Vec::new();
+    for kv in &args.idem_env {
+        match kv.split_once('=') {
+            Some((k, v)) if k.starts_with("IDEM_") => idem_env.push((k.to_owned(), v.to_owned())),
+            _ => {
+                eprintln!("chaos: --idem-env wants IDEM_KEY=VALUE, got {kv:?}");
+                return ExitCode::from(2);
+            }
+        }
     }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -127,6 +141,7 @@ fn main() -> ExitCode {
         bin,
         dir,
         keep: args.keep,
+        idem_env,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -35,6 +35,8 @@ pub struct Opts {
     pub dir: PathBuf,
     /// Keep the namespaces of failed runs for inspection.
     pub keep: bool,
+    /// Settings for every idem process that override the runner's (`--idem-env`).
+    pub idem_env: Vec<(String, String)>,
 }
 
 /// The lease every run uses, short so that scenarios finish quickly.
@@ -113,6 +115,11 @@ impl Rig {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
+        let mut env = env;
+        for (k, v) in &opts.idem_env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
         let cluster = Cluster::new(&opts.bin, &dir);
         cluster.migrate(&env).await.context("idem migrate")?;
         let pool = store::connect(&iso.database_url).await?;

@@ -156,11 +156,19 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
             r.recovery_p99_ms.unwrap_or(0.0)
         ),
     );
+    let mut sorted = reclaims.clone();
+    sorted.sort_by(f64::total_cmp);
+    let p50 = sorted.get(sorted.len() / 2).copied();
     r.extra = json!({
         "held_by_killed_workers": held_total,
-        "reclaim_ms": reclaims,
+        "reclaimed": reclaims.len(),
+        "reclaim_p50_ms": p50.map(f64::round),
         "retried_tasks": verdict.retried_tasks,
     });
+    std::fs::write(
+        rig.dir.join("reclaim_ms.json"),
+        serde_json::to_string(&reclaims)?,
+    )?;
     Ok(())
 }
 

@@ -329,7 +329,7 @@ pub async fn run(rig: &mut Rig) -> anyhow::Result<()> {
         "frozen for 2 × lease TTL or until taken over",
         true,
         format!(
-            "frozen {:?} s (the takeover waits for the leader lease the frozen worker held)",
+            "frozen {:?} s (the takeover waits for the leader lease the frozen worker held, and for a hint its open consumer does not swallow)",
             freezes
                 .iter()
                 .map(|f| (f * 10.0).round() / 10.0)
