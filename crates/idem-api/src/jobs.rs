@@ -194,10 +194,9 @@ async fn modify(
             cond.check(&job)?;
         }
         let read = job.version;
-        let Some(mut changed) = change(job.clone(), now(st).await?)? else {
+        let Some(changed) = change(job.clone(), now(st).await?)? else {
             return Ok(with_etag(StatusCode::OK, job));
         };
-        changed.version = read;
         match st.store.update_job(changed, read).await? {
             Cas::Done(saved) => return Ok(with_etag(StatusCode::OK, saved)),
             Cas::NotFound => return Err(not_found(raw)),

@@ -74,13 +74,7 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Completion>, bound: D
         };
         // A write that timed out may still have committed; its retry is then refused as fenced,
         // which the attempt treats as already recorded.
-        let written = tokio::time::timeout(bound, write)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(
-                    "the outcome write timed out".into(),
-                ))
-            });
+        let written = crate::store::bounded(bound, "the outcome write", write).await;
         match written {
             Ok(results) => {
                 for (c, r) in group.into_iter().zip(results) {

@@ -129,9 +129,8 @@ impl Maintenance {
                     self.run_once(now).await
                 };
                 // Bounded: a store that stops answering must not wedge the leader.
-                let pass = tokio::time::timeout(crate::scheduler::PASS_BOUND, pass)
-                    .await
-                    .unwrap_or_else(|_| Err(StoreError::Unavailable("the pass timed out".into())));
+                let pass =
+                    crate::store::bounded(crate::scheduler::PASS_BOUND, "the pass", pass).await;
                 if let Err(e) = pass {
                     tracing::warn!(error = %e, "maintenance pass failed");
                 }

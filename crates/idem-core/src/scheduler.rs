@@ -61,9 +61,7 @@ impl Scheduler {
             // the time the pass itself took.
             let started = std::time::Instant::now();
             // Bounded: a store that stops answering mid-pass must not wedge this scheduler.
-            let pass = tokio::time::timeout(PASS_BOUND, self.pass())
-                .await
-                .unwrap_or_else(|_| Err(StoreError::Unavailable("the pass timed out".into())));
+            let pass = crate::store::bounded(PASS_BOUND, "the pass", self.pass()).await;
             let wait = match pass {
                 Ok((now, next)) => {
                     failures = 0;

@@ -39,6 +39,19 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Runs a store call (or a few) for at most `limit`; past it the call is dropped — an open
+/// transaction rolls back — and answers `Unavailable` with `what timed out`. For the loops that must
+/// not wedge on a store that stopped answering.
+pub async fn bounded<T>(
+    limit: std::time::Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("{what} timed out").into())))
+}
+
 /// A page of results and the cursor of the next one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {

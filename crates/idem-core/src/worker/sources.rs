@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Run, Worker};
 use crate::broker::Broker;
+use crate::store::bounded;
 
 impl Worker {
     /// The store-queue mode: claim batches straight from the store.
@@ -31,12 +32,7 @@ impl Worker {
                 // Bounded, so a store that stops answering cannot wedge the loop; a claim that
                 // committed after the bound leases tasks this worker never runs, which the reaper
                 // returns after their lease.
-                let claimed = match tokio::time::timeout(self.cfg.lease, claimed).await {
-                    Ok(r) => r,
-                    Err(_) => Err(crate::store::StoreError::Unavailable(
-                        "the claim timed out".into(),
-                    )),
-                };
+                let claimed = bounded(self.cfg.lease, "the claim", claimed).await;
                 match claimed {
                     Ok((now, claims)) => {
                         if failures > 0 {
@@ -144,12 +140,7 @@ impl Worker {
                         )
                         .await
                 };
-                let claimed = match tokio::time::timeout(self.cfg.lease, claimed).await {
-                    Ok(r) => r,
-                    Err(_) => Err(crate::store::StoreError::Unavailable(
-                        "the claim timed out".into(),
-                    )),
-                };
+                let claimed = bounded(self.cfg.lease, "the claim", claimed).await;
                 match claimed {
                     Ok(Some(claim)) => {
                         self.spawn_attempt(run, claim, sent, permit, Some(delivery.acker))
