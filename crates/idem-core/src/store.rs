@@ -213,6 +213,27 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Option<Claim>, StoreError>;
+    /// Claims each of the given tasks (a batch of broker hints) that is still runnable, as
+    /// [`Store::claim_one`] would one by one; an id given twice is claimed once. Stores override it
+    /// to claim the batch in one statement.
+    async fn claim_ids(
+        &self,
+        ids: &[TaskId],
+        worker: &WorkerId,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let mut out: Vec<Claim> = Vec::with_capacity(ids.len());
+        for id in ids {
+            if out.iter().any(|c| c.task.id == *id) {
+                continue;
+            }
+            if let Some(c) = self.claim_one(*id, worker, now, lease_until).await? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
     /// Extends the worker's leases; returns those it no longer holds (cancelled, reaped, finished).
     async fn renew_leases(
         &self,

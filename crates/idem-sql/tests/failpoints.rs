@@ -44,6 +44,7 @@ fn worker_config(name: &str) -> WorkerConfig {
         lease: Duration::from_secs(30),
         shutdown_grace: Duration::from_millis(200),
         max_idle: Duration::from_millis(100),
+        prefetch: 0,
     }
 }
 

@@ -301,6 +301,7 @@ pub async fn start(
                 lease: cfg.lease,
                 shutdown_grace: cfg.shutdown_grace,
                 max_idle: cfg.poll,
+                prefetch: cfg.worker_prefetch,
             },
         );
         if let Some(broker) = &broker {

@@ -10,16 +10,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::lease::Deadline;
-use super::{Running, Worker};
+use super::{Held, Worker};
 use crate::completer::Completer;
 use crate::handler::{TaskContext, TaskError};
 use crate::retry::backoff;
 use crate::store::{Lease, StoreError};
-use crate::task::{Claim, ErrorInfo, Finish};
+use crate::task::{ErrorInfo, Finish};
 use crate::time::secs_f64;
 
 /// How one attempt ended inside the worker.
@@ -34,27 +32,17 @@ enum Ended {
 impl Worker {
     /// Runs one claimed attempt to its end and records the outcome. `sent` is when the claim request
     /// was sent: the lease deadline counts from it.
-    pub(super) async fn execute(
-        &self,
-        claim: Claim,
-        sent: Instant,
-        token: CancellationToken,
-        hard_stop: CancellationToken,
-    ) {
+    pub(super) async fn execute(&self, held: Held, hard_stop: CancellationToken) {
+        let Held {
+            claim,
+            cancel: token,
+            deadline,
+        } = held;
         let task = claim.task;
         let lease = Lease {
             task_id: task.id,
             attempt: task.attempts,
         };
-        let deadline = Deadline::new(sent, self.cfg.lease);
-        self.running.lock().unwrap().insert(
-            task.id,
-            Running {
-                attempt: task.attempts,
-                cancel: token.clone(),
-                deadline: deadline.clone(),
-            },
-        );
         metrics::gauge!("idem_workers_busy").increment(1.0);
         let wait = (Utc::now() - task.scheduled_at).num_milliseconds().max(0) as f64 / 1e3;
         metrics::histogram!("idem_task_queue_wait_seconds", "queue" => task.queue.to_string())
@@ -111,6 +99,7 @@ impl Worker {
         };
         // Whatever ended the attempt, nothing of the handler may run on.
         token.cancel();
+        self.record_duration(started.elapsed());
         let elapsed = started.elapsed().as_secs_f64();
         metrics::histogram!("idem_task_duration_seconds", "task" => task.task.to_string())
             .record(elapsed);
@@ -155,7 +144,15 @@ impl Worker {
                 }
             }
         }
-        self.running.lock().unwrap().remove(&task.id);
+        {
+            let mut running = self.running.lock().unwrap();
+            if running
+                .get(&task.id)
+                .is_some_and(|r| r.attempt == task.attempts)
+            {
+                running.remove(&task.id);
+            }
+        }
         metrics::gauge!("idem_workers_busy").decrement(1.0);
     }
 

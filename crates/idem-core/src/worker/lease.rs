@@ -48,6 +48,11 @@ impl Deadline {
         });
     }
 
+    /// Whether the deadline has passed already.
+    pub(super) fn has_passed(&self) -> bool {
+        Instant::now() >= *self.0.borrow()
+    }
+
     /// Completes when the deadline passes without a renewal moving it.
     pub(super) async fn passed(&self) {
         let mut rx = self.0.subscribe();

@@ -50,7 +50,16 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Longest sleep without a wake-up (bounds the delay for work submitted by another process).
     pub max_idle: Duration,
+    /// Claims a worker may hold beyond its slots, waiting locally to start (store-queue mode), so
+    /// that short tasks are claimed many per transaction and the next batch is claimed while this
+    /// one runs. Used only while recent attempts are short ([`PREFETCH_BELOW`]); 0 turns it off.
+    pub prefetch: u32,
 }
+
+/// Prefetching beyond the free slots happens only while the recent attempts of this worker took
+/// less than this on average: a claim then waits locally for milliseconds, never behind a long
+/// task that holds every slot (the failure of Celery's prefetch multiplier).
+pub const PREFETCH_BELOW: Duration = Duration::from_millis(50);
 
 impl WorkerConfig {
     /// A worker id unique to this process start: `{host}:{pid}:{random}`.
@@ -72,6 +81,15 @@ struct Run {
     slots: Arc<Semaphore>,
 }
 
+/// A claim this worker holds, from the claim until its attempt ends: registered in `running` at
+/// once, so its lease is renewed and a cancel reaches it even while it waits in the prefetch buffer.
+struct Held {
+    claim: Claim,
+    cancel: CancellationToken,
+    /// Counts from when the claim request was sent.
+    deadline: lease::Deadline,
+}
+
 /// One running attempt, as the worker tracks it.
 struct Running {
     attempt: i32,
@@ -91,6 +109,9 @@ pub struct Worker {
     completer: OnceLock<Completer>,
     running: Arc<Mutex<HashMap<TaskId, Running>>>,
     started_at: DateTime<Utc>,
+    /// Mean duration of recent attempts (an exponential moving average, in microseconds): decides
+    /// whether prefetching is on.
+    recent_us: std::sync::atomic::AtomicU64,
 }
 
 impl Worker {
@@ -103,6 +124,7 @@ impl Worker {
             completer: OnceLock::new(),
             running: Arc::default(),
             started_at: Utc::now(),
+            recent_us: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -171,21 +193,65 @@ impl Worker {
         tracing::info!(worker = %this.cfg.id, "worker stopped");
     }
 
-    /// Spawns one claimed attempt on a slot; `sent` is when its claim was requested; `acker`
-    /// settles its broker message afterwards.
+    /// Registers a granted claim (`sent`: when it was requested) as held by this worker.
+    fn hold(&self, run: &Run, claim: Claim, sent: Instant) -> Held {
+        let cancel = run.hard_stop.child_token();
+        let deadline = lease::Deadline::new(sent, self.cfg.lease);
+        self.running.lock().unwrap().insert(
+            claim.task.id,
+            Running {
+                attempt: claim.task.attempts,
+                cancel: cancel.clone(),
+                deadline: deadline.clone(),
+            },
+        );
+        Held {
+            claim,
+            cancel,
+            deadline,
+        }
+    }
+
+    /// Forgets a held claim that will not run (cancelled, or its lease may have expired while it
+    /// waited): nothing is reported, so the store's cancel or reaper decides what happens to it.
+    fn drop_held(&self, held: &Held) {
+        let mut running = self.running.lock().unwrap();
+        if running
+            .get(&held.claim.task.id)
+            .is_some_and(|r| r.attempt == held.claim.task.attempts)
+        {
+            running.remove(&held.claim.task.id);
+        }
+    }
+
+    /// Whether recent attempts were short enough to claim ahead of the free slots.
+    fn prefetching(&self) -> bool {
+        self.cfg.prefetch > 0
+            && self.recent_us.load(std::sync::atomic::Ordering::Relaxed)
+                < PREFETCH_BELOW.as_micros() as u64
+    }
+
+    /// Folds one attempt's duration into the moving average (weight 1/8).
+    fn record_duration(&self, took: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let took = took.as_micros().min(u128::from(u32::MAX)) as u64;
+        let _ = self
+            .recent_us
+            .fetch_update(Relaxed, Relaxed, |avg| Some(avg - avg / 8 + took / 8));
+    }
+
+    /// Spawns one held claim's attempt on a slot; `acker` settles its broker message afterwards.
     fn spawn_attempt(
         self: &Arc<Self>,
         run: &Run,
-        claim: Claim,
-        sent: Instant,
+        held: Held,
         permit: tokio::sync::OwnedSemaphorePermit,
         acker: Option<Box<dyn Acker>>,
     ) {
         let me = self.clone();
-        let token = run.hard_stop.child_token();
         let hard = run.hard_stop.clone();
         run.tracker.spawn(async move {
-            me.execute(claim, sent, token, hard).await;
+            me.execute(held, hard).await;
             // Failpoint: the process dies between committing the outcome and acknowledging the
             // message (which then stays unsettled, to be redelivered).
             let died = (|| {

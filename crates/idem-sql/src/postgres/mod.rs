@@ -263,6 +263,19 @@ impl Store for PgStore {
         Ok(out)
     }
 
+    async fn claim_ids(
+        &self,
+        ids: &[TaskId],
+        worker: &WorkerId,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let mut tx = self.begin().await?;
+        let out = tasks::claim_ids(&mut tx, ids, worker, now, lease_until).await?;
+        self.commit(tx, &[]).await?;
+        Ok(out)
+    }
+
     async fn renew_leases(
         &self,
         worker: &WorkerId,

@@ -192,6 +192,33 @@ pub(super) async fn claim_one(
     Ok(claims(row.as_slice(), lease_until)?.pop())
 }
 
+/// Claims those of the given tasks that are runnable now, in one statement (a batch of hints).
+pub(super) async fn claim_ids(
+    tx: &mut PgConnection,
+    ids: &[TaskId],
+    worker: &WorkerId,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> Result<Vec<Claim>, StoreError> {
+    let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    let rows = sqlx::query(
+        "UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = $1,
+             lease_owner = $2, lease_expires_at = $3
+         WHERE id = ANY($4)
+           AND (state = 'queued' OR (state IN ('scheduled', 'retrying') AND run_at <= $1))
+           AND (expires_at IS NULL OR expires_at > $1)
+         RETURNING *",
+    )
+    .bind(now)
+    .bind(&worker.0)
+    .bind(lease_until)
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    claims(&rows, lease_until)
+}
+
 /// Extends the leases the worker still holds, in one statement; returns the others.
 pub(super) async fn renew(
     tx: &mut PgConnection,

@@ -111,6 +111,28 @@ impl SqliteStore {
     }
 }
 
+/// Inserts the pending run of keyless tasks (one statement) and appends them to `out`.
+async fn flush_run(
+    tx: &mut sqlx::SqliteConnection,
+    run: &mut Vec<NewTask>,
+    now: DateTime<Utc>,
+    out: &mut Vec<Submitted>,
+) -> Result<(), StoreError> {
+    match run.len() {
+        0 => {}
+        1 => out.push(tasks::submit_one(tx, run.pop().expect("one"), now, out.len()).await?),
+        _ => {
+            let tasks = tasks::insert_many(tx, run, now).await?;
+            out.extend(tasks.into_iter().map(|task| Submitted {
+                task,
+                replayed: false,
+            }));
+            run.clear();
+        }
+    }
+    Ok(())
+}
+
 /// Binds a list of queue names as the one JSON array that `json_each` expands.
 fn queue_list(queues: &[QueueName]) -> String {
     serde_json::to_string(&queues.iter().map(|q| q.as_str()).collect::<Vec<_>>())
@@ -190,9 +212,18 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Submitted>, StoreError> {
         let mut tx = self.write().await?;
         let mut out = Vec::with_capacity(batch.len());
+        // Runs of tasks without keys go in with one statement each; a keyed task is decided alone,
+        // in order, since a key may repeat one earlier in the batch.
+        let mut run: Vec<NewTask> = Vec::new();
         for (index, t) in batch.into_iter().enumerate() {
+            if t.idempotency.is_none() {
+                run.push(t);
+                continue;
+            }
+            flush_run(&mut tx, &mut run, now, &mut out).await?;
             out.push(tasks::submit_one(&mut tx, t, now, index).await?);
         }
+        flush_run(&mut tx, &mut run, now, &mut out).await?;
         self.commit(tx, &wake::after_submit(&out)).await?;
         Ok(out)
     }
@@ -240,6 +271,28 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    async fn claim_ids(
+        &self,
+        ids: &[TaskId],
+        worker: &WorkerId,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Claim>, StoreError> {
+        // One transaction for the batch (promotion once, each hint an indexed update).
+        let mut tx = self.write().await?;
+        let mut out: Vec<Claim> = Vec::with_capacity(ids.len());
+        for id in ids {
+            if out.iter().any(|c| c.task.id == *id) {
+                continue;
+            }
+            if let Some(c) = tasks::claim_one(&mut tx, *id, worker, now, lease_until).await? {
+                out.push(c);
+            }
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(out)
+    }
+
     async fn renew_leases(
         &self,
         worker: &WorkerId,
@@ -270,13 +323,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
         let mut tx = self.write().await?;
-        let mut out = Vec::with_capacity(items.len());
-        for (lease, finish) in items {
-            out.push(match tasks::finish(&mut tx, lease, finish, now).await {
-                Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
-                r => r,
-            });
-        }
+        let out = tasks::finish_many(&mut tx, items, now).await?;
         let signals = wake::after_finish(out.iter().filter_map(|r| r.as_ref().ok()));
         self.commit(tx, &signals).await?;
         Ok(out)

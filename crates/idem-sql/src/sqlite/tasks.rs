@@ -237,26 +237,40 @@ pub(super) async fn claim(
     }
     candidates.sort();
     candidates.truncate(req.limit as usize);
-    let mut claims = Vec::with_capacity(candidates.len());
-    for (_, _, id) in candidates {
-        let row = sqlx::query(
-            "UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = ?1,
-                 lease_owner = ?2, lease_expires_at = ?3
-             WHERE id = ?4
-             RETURNING *",
-        )
-        .bind(ms(req.now))
-        .bind(&req.worker.0)
-        .bind(ms(req.lease_until))
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        claims.push(Claim {
-            task: rows::task(&row)?,
-            lease_until: req.lease_until,
-        });
+    if candidates.is_empty() {
+        return Ok(Vec::new());
     }
+    // One statement leases them all.
+    let ids: Vec<String> = candidates.into_iter().map(|(_, _, id)| id).collect();
+    let rows = sqlx::query(
+        "UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = ?1,
+             lease_owner = ?2, lease_expires_at = ?3
+         WHERE id IN (SELECT value FROM json_each(?4)) AND state = 'queued'
+         RETURNING *",
+    )
+    .bind(ms(req.now))
+    .bind(&req.worker.0)
+    .bind(ms(req.lease_until))
+    .bind(serde_json::to_string(&ids).expect("strings serialize"))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let mut claims = rows
+        .iter()
+        .map(|row| {
+            Ok(Claim {
+                task: rows::task(row)?,
+                lease_until: req.lease_until,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    // RETURNING has no order; hand them out in the candidates' order.
+    let rank: std::collections::HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    claims.sort_by_cached_key(|c| rank.get(c.task.id.to_string().as_str()).copied());
     Ok(claims)
 }
 
@@ -484,4 +498,132 @@ pub(super) async fn next_ready_at_any(
             .await
             .map_err(db_err)?;
     Ok(at.map(idem_core::time::from_ms))
+}
+
+/// Records many attempts' outcomes with one fenced `UPDATE … FROM json_each`: one statement for the
+/// whole group instead of one per outcome. Each item is fenced on its own, exactly as [`finish`]
+/// would fence it alone; an item whose task appears twice in the group is written by [`finish`] in
+/// order, so the first of them wins as it would one after the other.
+pub(super) async fn finish_many(
+    tx: &mut SqliteConnection,
+    items: Vec<(Lease, Finish)>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    if items.len() < 2 || !items.iter().all(|(l, _)| seen.insert(l.task_id)) {
+        let mut out = Vec::with_capacity(items.len());
+        for (lease, f) in items {
+            out.push(match finish(tx, lease, f, now).await {
+                Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
+                r => r,
+            });
+        }
+        return Ok(out);
+    }
+    let rows: Vec<serde_json::Value> = items
+        .iter()
+        .map(|(lease, f)| {
+            let o = Outcome::of(f, now);
+            serde_json::json!({
+                "id": lease.task_id.to_string(),
+                "attempt": lease.attempt,
+                "state": o.state.as_str(),
+                "result": o.result.map(|v| v.to_string()),
+                "error_kind": o.error.map(|e| e.kind.as_str()),
+                "error_message": o.error.map(|e| e.message.as_str()),
+                "run_at": o.run_at.map(ms),
+                "finished_at": o.finished_at.map(ms),
+            })
+        })
+        .collect();
+    let written = sqlx::query(
+        "UPDATE tasks SET state = f.value ->> 'state', result = f.value ->> 'result',
+             error_kind = f.value ->> 'error_kind', error_message = f.value ->> 'error_message',
+             run_at = COALESCE(f.value ->> 'run_at', run_at), finished_at = f.value ->> 'finished_at',
+             lease_owner = NULL, lease_expires_at = NULL, dispatched_at = NULL
+         FROM json_each(?1) AS f
+         WHERE tasks.id = f.value ->> 'id' AND tasks.attempts = f.value ->> 'attempt'
+           AND tasks.state = 'running'
+         RETURNING *",
+    )
+    .bind(serde_json::Value::Array(rows).to_string())
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let mut by_id = std::collections::HashMap::with_capacity(written.len());
+    for row in &written {
+        let task = rows::task(row)?;
+        by_id.insert(task.id, task);
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (lease, _) in items {
+        out.push(match by_id.remove(&lease.task_id) {
+            Some(task) => Ok(task),
+            None => Err(refused(
+                lease,
+                get(&mut *tx, lease.task_id).await?.is_some(),
+            )),
+        });
+    }
+    Ok(out)
+}
+
+/// Inserts tasks without idempotency keys with one `INSERT … SELECT FROM json_each`: one statement
+/// for a whole batch instead of one per task. Returns them in the order given.
+pub(super) async fn insert_many(
+    tx: &mut SqliteConnection,
+    batch: &[NewTask],
+    now: DateTime<Utc>,
+) -> Result<Vec<Task>, StoreError> {
+    debug_assert!(batch.iter().all(|t| t.idempotency.is_none()));
+    let rows: Vec<serde_json::Value> = batch
+        .iter()
+        .map(|t| {
+            let state = if t.run_at > now {
+                TaskState::Scheduled
+            } else {
+                TaskState::Queued
+            };
+            serde_json::json!({
+                "id": t.id.to_string(),
+                "task": t.task.as_str(),
+                "args": t.args.to_string(),
+                "state": state.as_str(),
+                "queue": t.queue.as_str(),
+                "priority": t.priority,
+                "max_retries": t.max_retries,
+                "timeout_seconds": t.timeout_seconds,
+                "job_id": t.job_id.as_ref().map(|j| j.as_str()),
+                "run_at": ms(t.run_at),
+                "expires_at": t.expires_at.map(ms),
+            })
+        })
+        .collect();
+    let inserted = sqlx::query(
+        "INSERT INTO tasks (id, task, args, state, queue, priority, attempts, max_retries,
+             timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at)
+         SELECT v ->> 'id', v ->> 'task', v ->> 'args', v ->> 'state', v ->> 'queue',
+             v ->> 'priority', 0, v ->> 'max_retries', v ->> 'timeout_seconds', NULL,
+             v ->> 'job_id', v ->> 'run_at', v ->> 'run_at', v ->> 'expires_at', ?2
+         FROM (SELECT value AS v FROM json_each(?1))
+         RETURNING *",
+    )
+    .bind(serde_json::Value::Array(rows).to_string())
+    .bind(ms(now))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let mut by_id = std::collections::HashMap::with_capacity(inserted.len());
+    for row in &inserted {
+        let task = rows::task(row)?;
+        by_id.insert(task.id, task);
+    }
+    batch
+        .iter()
+        .map(|t| {
+            by_id
+                .remove(&t.id)
+                .ok_or_else(|| StoreError::Corrupt(format!("task {} was not inserted", t.id)))
+        })
+        .collect()
 }
