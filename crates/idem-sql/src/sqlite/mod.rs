@@ -6,6 +6,7 @@
 //! Wake-ups are fired after each commit; other processes sharing the file notice within their idle
 //! bound instead.
 
+mod group;
 mod jobs;
 mod locks;
 mod rows;
@@ -42,6 +43,8 @@ pub struct SqliteStore {
     /// Readers; WAL lets them run beside the writer.
     reader: SqlitePool,
     wakeups: Arc<Wakeups>,
+    /// Group commit of one-item submissions; started by the first one.
+    submitter: Arc<std::sync::OnceLock<group::Submitter>>,
 }
 
 impl SqliteStore {
@@ -78,6 +81,7 @@ impl SqliteStore {
             writer,
             reader,
             wakeups: Arc::new(Wakeups::default()),
+            submitter: Arc::default(),
         })
     }
 
@@ -210,6 +214,13 @@ impl Store for SqliteStore {
         batch: Vec<NewTask>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Submitted>, StoreError> {
+        if batch.len() == 1 {
+            let submitter = self
+                .submitter
+                .get_or_init(|| group::Submitter::start(self.writer.clone(), self.wakeups.clone()));
+            let task = batch.into_iter().next().expect("one item");
+            return Ok(vec![submitter.submit(task, now).await?]);
+        }
         let mut tx = self.write().await?;
         let mut out = Vec::with_capacity(batch.len());
         // Runs of tasks without keys go in with one statement each; a keyed task is decided alone,
