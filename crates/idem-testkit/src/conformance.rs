@@ -922,3 +922,185 @@ pub async fn the_outbox_hands_out_each_queued_task_once_until_redelivery(store: 
     assert_eq!(take(at).await, [claimed.task.id].into_iter().collect());
     assert_eq!(store.next_ready_at_any().await.unwrap(), None);
 }
+
+pub async fn a_batch_of_hints_claims_each_runnable_task_once(store: S) {
+    let now = t0();
+    let out = store
+        .submit(vec![task(now), task(now), task(now + secs(60.0))], now)
+        .await
+        .unwrap();
+    let ids: Vec<_> = out.iter().map(|s| s.task.id).collect();
+    let worker = WorkerId("w".into());
+    // Hint 0 twice, hint 1, the not-yet-due task 2 and an unknown id.
+    let hints = [
+        ids[0],
+        ids[1],
+        ids[0],
+        ids[2],
+        idem_core::TaskId::generate(),
+    ];
+    let claims = store
+        .claim_ids(&hints, &worker, now, now + secs(30.0))
+        .await
+        .unwrap();
+    let mut got: Vec<_> = claims.iter().map(|c| c.task.id).collect();
+    got.sort();
+    let mut want = vec![ids[0], ids[1]];
+    want.sort();
+    assert_eq!(got, want);
+    assert!(claims
+        .iter()
+        .all(|c| c.task.state == TaskState::Running && c.task.attempts == 1));
+    // Claimed already: a second batch of the same hints claims nothing.
+    let again = store
+        .claim_ids(&ids[..2], &worker, now, now + secs(30.0))
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+}
+
+pub async fn a_group_of_outcomes_fences_each_item_alone(store: S) {
+    let now = t0();
+    store
+        .submit(vec![task(now), task(now), task(now), task(now)], now)
+        .await
+        .unwrap();
+    let claims = store.claim(&req("a", &["default"], 4, now)).await.unwrap();
+    assert_eq!(claims.len(), 4);
+    let [a, b, c, e] = [
+        &claims[0].task,
+        &claims[1].task,
+        &claims[2].task,
+        &claims[3].task,
+    ];
+    // b is cancelled meanwhile: its running attempt is fenced.
+    store.cancel_task(b.id, now).await.unwrap();
+    let stale = Lease {
+        task_id: e.id,
+        attempt: e.attempts + 1,
+    };
+    let missing = Lease {
+        task_id: idem_core::TaskId::generate(),
+        attempt: 1,
+    };
+    let out = store
+        .finish_many(
+            vec![
+                (lease_of(a), Finish::Succeeded(json!({"n": 1}))),
+                (lease_of(b), Finish::Succeeded(json!("late"))),
+                (stale, Finish::Succeeded(json!("stale"))),
+                (missing, Finish::Succeeded(json!("none"))),
+                (
+                    lease_of(c),
+                    Finish::Retry {
+                        at: now + secs(5.0),
+                        error: ErrorInfo::new("error", "x"),
+                    },
+                ),
+            ],
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 5);
+    let done = out[0].as_ref().unwrap();
+    assert_eq!(
+        (done.id, done.state, done.result.clone()),
+        (a.id, TaskState::Succeeded, Some(json!({"n": 1})))
+    );
+    assert!(
+        matches!(out[1], Err(StoreError::Fenced { .. })),
+        "{:?}",
+        out[1]
+    );
+    assert!(
+        matches!(out[2], Err(StoreError::Fenced { .. })),
+        "{:?}",
+        out[2]
+    );
+    assert!(
+        matches!(out[3], Err(StoreError::TaskNotFound(_))),
+        "{:?}",
+        out[3]
+    );
+    let retry = out[4].as_ref().unwrap();
+    assert_eq!((retry.id, retry.state), (c.id, TaskState::Retrying));
+    assert_eq!(
+        store.get_task(b.id).await.unwrap().unwrap().state,
+        TaskState::Cancelled
+    );
+    // The same lease twice in one group: written once, the second refused.
+    let d = {
+        store.submit(vec![task(now)], now).await.unwrap();
+        store
+            .claim(&req("a", &["default"], 1, now))
+            .await
+            .unwrap()
+            .remove(0)
+            .task
+    };
+    let out = store
+        .finish_many(
+            vec![
+                (lease_of(&d), Finish::Succeeded(json!("first"))),
+                (lease_of(&d), Finish::Succeeded(json!("second"))),
+            ],
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap().result, Some(json!("first")));
+    assert!(matches!(out[1], Err(StoreError::Fenced { .. })));
+}
+
+pub async fn concurrent_single_submits_each_get_their_own_answer(store: S) {
+    let now = t0();
+    store
+        .submit(vec![keyed(task(now), "taken", 3600.0)], now)
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for i in 0..48 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let t = match i % 3 {
+                // A new task without a key, a new key, and a conflict on "taken".
+                0 => task(now),
+                1 => keyed(task(now), &format!("k-{i}"), 3600.0),
+                _ => {
+                    let mut t = keyed(task(now), "taken", 3600.0);
+                    t.args = json!({"other": i});
+                    t.idempotency.as_mut().unwrap().fingerprint = format!("other-{i}");
+                    t
+                }
+            };
+            (i, store.submit(vec![t], now).await)
+        }));
+    }
+    let mut made = 0;
+    for h in handles {
+        let (i, r) = h.await.unwrap();
+        match i % 3 {
+            0 | 1 => {
+                let s = r.unwrap();
+                assert!(!s[0].replayed);
+                made += 1;
+            }
+            _ => assert!(
+                matches!(r, Err(StoreError::KeyConflict { index: 0, .. })),
+                "{r:?}"
+            ),
+        }
+    }
+    let page = store
+        .list_tasks(
+            &TaskFilter::default(),
+            &PageRequest {
+                limit: 100,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), made + 1);
+}

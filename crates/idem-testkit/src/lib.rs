@@ -42,6 +42,9 @@ macro_rules! store_conformance_tests {
             workers_report_heartbeats,
             the_outbox_hands_out_each_queued_task_once_until_redelivery,
             a_late_publish_confirm_does_not_mark_a_newer_take_published,
+            a_batch_of_hints_claims_each_runnable_task_once,
+            a_group_of_outcomes_fences_each_item_alone,
+            concurrent_single_submits_each_get_their_own_answer,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {
