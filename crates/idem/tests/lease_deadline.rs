@@ -65,7 +65,7 @@ fn config(name: &str, lease: Duration) -> WorkerConfig {
         lease,
         shutdown_grace: Duration::from_millis(100),
         max_idle: Duration::from_millis(100),
-        prefetch: 0,
+        prefetch: 32,
     }
 }
 

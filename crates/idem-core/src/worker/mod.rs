@@ -124,7 +124,9 @@ impl Worker {
             completer: OnceLock::new(),
             running: Arc::default(),
             started_at: Utc::now(),
-            recent_us: std::sync::atomic::AtomicU64::new(0),
+            // Unknown counts as long: a fresh worker prefetches only once it has seen short tasks,
+            // so its first claim never takes a batch to sit behind one long task.
+            recent_us: std::sync::atomic::AtomicU64::new(2 * PREFETCH_BELOW.as_micros() as u64),
         }
     }
 
