@@ -56,6 +56,10 @@ impl Completer {
 
 async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Completion>, bound: Duration) {
     while let Some(first) = rx.recv().await {
+        // One yield lets the attempts that are ready to run (typically the rest of a claimed
+        // batch) hand in their outcomes first, so they join this group: microseconds of latency
+        // for a commit shared by many.
+        tokio::task::yield_now().await;
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
