@@ -96,13 +96,17 @@ pub(super) async fn promote(
     queues: Option<&[QueueName]>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    // The due ids are collected into an array first (`= ANY(ARRAY(..))`, not `IN (..)`), so the
+    // UPDATE looks each one up by primary key. With `IN`, the planner, which cannot know how few
+    // waiting tasks are due, joins by hashing: a sequential scan of the whole table, finished tasks
+    // included, on every claim that finds one task due.
     sqlx::query(
         "UPDATE tasks SET state = 'queued'
-         WHERE id IN (
+         WHERE id = ANY(ARRAY(
              SELECT id FROM tasks
              WHERE state IN ('scheduled', 'retrying') AND ($1::text[] IS NULL OR queue = ANY($1))
                AND run_at <= $2
-             FOR UPDATE SKIP LOCKED)",
+             FOR UPDATE SKIP LOCKED))",
     )
     .bind(queues.map(queue_list))
     .bind(now)
