@@ -293,13 +293,7 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
         let mut tx = self.begin().await?;
-        let mut out = Vec::with_capacity(items.len());
-        for (lease, finish) in items {
-            out.push(match tasks::finish(&mut tx, lease, finish, now).await {
-                Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
-                r => r,
-            });
-        }
+        let out = tasks::finish_many(&mut tx, items, now).await?;
         let signals = wake::after_finish(out.iter().filter_map(|r| r.as_ref().ok()));
         self.commit(tx, &signals).await?;
         Ok(out)
