@@ -98,10 +98,7 @@ impl PgStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<Submitted>, StoreError> {
         let mut tx = self.begin().await?;
-        let mut out = Vec::with_capacity(batch.len());
-        for (index, t) in batch.into_iter().enumerate() {
-            out.push(submit::submit_one(&mut tx, t, now, index).await?);
-        }
+        let out = submit::submit_batch(&mut tx, batch, now).await?;
         self.commit(tx, &wake::after_submit(&out)).await?;
         Ok(out)
     }
