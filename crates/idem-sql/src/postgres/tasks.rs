@@ -205,11 +205,13 @@ pub(super) async fn renew(
 ) -> Result<Vec<Lease>, StoreError> {
     let ids: Vec<String> = leases.iter().map(|l| l.task_id.to_string()).collect();
     let attempts: Vec<i32> = leases.iter().map(|l| l.attempt).collect();
+    // `state = (SELECT 'running')`: the fence in a form the planner cannot match to the partial
+    // index of running tasks, so each lease is looked up by id (see `finish_distinct`).
     let held: Vec<(String, i32)> = sqlx::query_as(
         "UPDATE tasks SET lease_expires_at = $1
          FROM unnest($2::text[], $3::int[]) AS l(id, attempt)
-         WHERE tasks.id = l.id AND tasks.attempts = l.attempt AND tasks.state = 'running'
-           AND tasks.lease_owner = $4
+         WHERE tasks.id = l.id AND tasks.attempts = l.attempt
+           AND tasks.state = (SELECT 'running'::text) AND tasks.lease_owner = $4
          RETURNING tasks.id, tasks.attempts",
     )
     .bind(lease_until)
