@@ -158,6 +158,124 @@ pub async fn a_batch_keeps_order_and_a_conflict_rolls_it_back(store: S) {
     );
 }
 
+pub async fn a_batch_mixing_keyless_and_keyed_items_keeps_order_and_replays_a_repeated_key(
+    store: S,
+) {
+    let now = t0();
+    // A keyless item with every optional column set, one scheduled for later, and a key repeated
+    // later in the same batch (with the same request: a replay of the earlier item's task).
+    let mut full = task(now);
+    full.queue = QueueName::try_from("other").unwrap();
+    full.priority = -3;
+    full.max_retries = 7;
+    full.timeout_seconds = 1.5;
+    full.expires_at = Some(now + secs(600.0));
+    full.job_id = Some(JobId::try_from("j1").unwrap());
+    full.args = json!({"full": [1, "two", null]});
+    let later = task(now + secs(60.0));
+    let first_k1 = keyed(task(now), "mix-k1", 3600.0);
+    let repeat_k1 = keyed(task(now), "mix-k1", 3600.0);
+    let k2 = keyed(task(now), "mix-k2", 3600.0);
+    let (a, b, c) = (task(now), task(now), task(now));
+    let batch = vec![
+        a.clone(),
+        first_k1.clone(),
+        full.clone(),
+        later.clone(),
+        repeat_k1,
+        b.clone(),
+        k2.clone(),
+        c.clone(),
+    ];
+    let out = store.submit(batch, now).await.unwrap();
+    let ids: Vec<_> = out.iter().map(|s| s.task.id).collect();
+    assert_eq!(
+        ids,
+        [
+            a.id,
+            first_k1.id,
+            full.id,
+            later.id,
+            first_k1.id,
+            b.id,
+            k2.id,
+            c.id
+        ]
+    );
+    let replayed: Vec<_> = out.iter().map(|s| s.replayed).collect();
+    assert_eq!(
+        replayed,
+        [false, false, false, false, true, false, false, false]
+    );
+    for s in &out {
+        assert_eq!(
+            store.get_task(s.task.id).await.unwrap().as_ref(),
+            Some(&s.task)
+        );
+    }
+    let got = &out[2].task;
+    assert_eq!(got.state, TaskState::Queued);
+    assert_eq!(
+        (
+            &got.queue,
+            got.priority,
+            got.max_retries,
+            got.timeout_seconds
+        ),
+        (&full.queue, -3, 7, 1.5)
+    );
+    assert_eq!(
+        (got.expires_at, &got.job_id),
+        (full.expires_at, &full.job_id)
+    );
+    assert_eq!(
+        (&got.args, got.scheduled_at, got.created_at),
+        (&full.args, now, now)
+    );
+    assert_eq!(got.idempotency_key, None);
+    assert_eq!(out[3].task.state, TaskState::Scheduled);
+    assert_eq!(out[3].task.scheduled_at, now + secs(60.0));
+    assert_eq!(
+        out[1].task.idempotency_key.as_ref().map(|k| k.as_str()),
+        Some("mix-k1")
+    );
+    let page = store
+        .list_tasks(
+            &TaskFilter::default(),
+            &PageRequest {
+                limit: 1000,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 7, "the repeated key made no second task");
+
+    // A conflict after keyless runs fails the batch at its index and rolls the runs back.
+    let (d, e) = (task(now), task(now));
+    let mut conflicting = task(now);
+    conflicting.args = json!({"other": true});
+    let err = store
+        .submit(
+            vec![
+                d.clone(),
+                e.clone(),
+                keyed(conflicting, "mix-k2", 3600.0),
+                task(now),
+            ],
+            now,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::KeyConflict { index: 2, .. }),
+        "{err:?}"
+    );
+    for id in [d.id, e.id] {
+        assert!(store.get_task(id).await.unwrap().is_none(), "rolled back");
+    }
+}
+
 pub async fn a_task_with_an_eta_waits_for_it(store: S) {
     let now = t0();
     let out = store
@@ -287,6 +405,134 @@ pub async fn a_finish_from_a_superseded_attempt_is_rejected(store: S) {
     assert!(matches!(again, StoreError::Fenced { .. }));
     let got = store.get_task(second.task.id).await.unwrap().unwrap();
     assert_eq!(got.result, Some(json!("ok")));
+}
+
+pub async fn finish_many_fences_each_item_on_its_own(store: S) {
+    let now = t0();
+    store
+        .submit((0..5).map(|_| task(now)).collect(), now)
+        .await
+        .unwrap();
+    let claims = store.claim(&req("a", &["default"], 5, now)).await.unwrap();
+    let l: Vec<_> = claims.iter().map(|c| lease_of(&c.task)).collect();
+    // l[2]'s task is cancelled (its attempt fenced); l[3] names an attempt the task never ran.
+    store.cancel_task(l[2].task_id, now).await.unwrap();
+    let never_ran = Lease {
+        attempt: l[3].attempt + 1,
+        ..l[3]
+    };
+    let missing = Lease {
+        task_id: idem_core::TaskId::generate(),
+        attempt: 1,
+    };
+    let at = now + secs(5.0);
+    let out = store
+        .finish_many(
+            vec![
+                (l[0], Finish::Succeeded(json!({"n": 0}))),
+                (missing, Finish::Succeeded(json!("nobody"))),
+                (l[2], Finish::Succeeded(json!("late"))),
+                (
+                    l[1],
+                    Finish::Retry {
+                        at,
+                        error: ErrorInfo::new("error", "again"),
+                    },
+                ),
+                (never_ran, Finish::Succeeded(json!("wrong attempt"))),
+                (l[4], Finish::Failed(ErrorInfo::new("bad_input", "no"))),
+            ],
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 6, "one answer per item");
+    let ok = |i: usize| {
+        out[i]
+            .as_ref()
+            .unwrap_or_else(|e| panic!("item {i}: {e:?}"))
+    };
+    assert_eq!(
+        (ok(0).id, ok(0).state),
+        (l[0].task_id, TaskState::Succeeded)
+    );
+    assert_eq!(ok(0).result, Some(json!({"n": 0})));
+    assert_eq!(ok(0).finished_at, Some(now));
+    assert!(
+        matches!(out[1], Err(StoreError::TaskNotFound(id)) if id == missing.task_id),
+        "{:?}",
+        out[1]
+    );
+    assert!(
+        matches!(out[2], Err(StoreError::Fenced { task_id, attempt })
+            if task_id == l[2].task_id && attempt == l[2].attempt),
+        "{:?}",
+        out[2]
+    );
+    assert_eq!((ok(3).id, ok(3).state), (l[1].task_id, TaskState::Retrying));
+    assert_eq!(ok(3).error, Some(ErrorInfo::new("error", "again")));
+    assert_eq!(ok(3).finished_at, None);
+    assert!(
+        matches!(out[4], Err(StoreError::Fenced { attempt, .. }) if attempt == never_ran.attempt),
+        "{:?}",
+        out[4]
+    );
+    assert_eq!((ok(5).id, ok(5).state), (l[4].task_id, TaskState::Failed));
+    assert_eq!(ok(5).error, Some(ErrorInfo::new("bad_input", "no")));
+    // What was answered is what was stored; refused items changed nothing.
+    for i in [0, 3, 5] {
+        assert_eq!(
+            store.get_task(ok(i).id).await.unwrap().as_ref(),
+            Some(ok(i))
+        );
+    }
+    let cancelled = store.get_task(l[2].task_id).await.unwrap().unwrap();
+    assert_eq!(
+        (cancelled.state, cancelled.result),
+        (TaskState::Cancelled, None)
+    );
+    let running = store.get_task(l[3].task_id).await.unwrap().unwrap();
+    assert_eq!(running.state, TaskState::Running);
+    // The retry waits for its time and then runs as the next attempt.
+    assert!(store
+        .claim(&req("a", &["default"], 5, at - secs(1.0)))
+        .await
+        .unwrap()
+        .is_empty());
+    let again = store.claim(&req("a", &["default"], 5, at)).await.unwrap();
+    assert_eq!(
+        again
+            .iter()
+            .map(|c| (c.task.id, c.task.attempts))
+            .collect::<Vec<_>>(),
+        [(l[1].task_id, l[1].attempt + 1)]
+    );
+
+    // The same attempt twice in one group: the first outcome wins, the second is fenced, as if
+    // they had been finished one after the other.
+    let twice = lease_of(&again[0].task);
+    let out = store
+        .finish_many(
+            vec![
+                (twice, Finish::Succeeded(json!("first"))),
+                (l[3], Finish::Succeeded(json!("other"))),
+                (twice, Finish::Succeeded(json!("second"))),
+            ],
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out[0].as_ref().unwrap().result, Some(json!("first")));
+    assert_eq!(out[1].as_ref().unwrap().result, Some(json!("other")));
+    assert!(
+        matches!(out[2], Err(StoreError::Fenced { .. })),
+        "{:?}",
+        out[2]
+    );
+    let got = store.get_task(twice.task_id).await.unwrap().unwrap();
+    assert_eq!(got.result, Some(json!("first")));
+
+    assert!(store.finish_many(Vec::new(), now).await.unwrap().is_empty());
 }
 
 pub async fn a_reaped_lease_returns_the_task_exactly_once(store: S) {

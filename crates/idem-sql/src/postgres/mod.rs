@@ -98,10 +98,7 @@ impl PgStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<Submitted>, StoreError> {
         let mut tx = self.begin().await?;
-        let mut out = Vec::with_capacity(batch.len());
-        for (index, t) in batch.into_iter().enumerate() {
-            out.push(submit::submit_one(&mut tx, t, now, index).await?);
-        }
+        let out = submit::submit_batch(&mut tx, batch, now).await?;
         self.commit(tx, &wake::after_submit(&out)).await?;
         Ok(out)
     }
@@ -306,13 +303,7 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
         let mut tx = self.begin().await?;
-        let mut out = Vec::with_capacity(items.len());
-        for (lease, finish) in items {
-            out.push(match tasks::finish(&mut tx, lease, finish, now).await {
-                Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
-                r => r,
-            });
-        }
+        let out = tasks::finish_many(&mut tx, items, now).await?;
         let signals = wake::after_finish(out.iter().filter_map(|r| r.as_ref().ok()));
         self.commit(tx, &signals).await?;
         Ok(out)

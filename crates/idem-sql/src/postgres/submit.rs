@@ -1,5 +1,5 @@
-//! Submission for PostgreSQL: each item's idempotency record decided inside the caller's
-//! transaction.
+//! Submission for PostgreSQL: each keyed item's idempotency record decided inside the caller's
+//! transaction, and each run of keyless items inserted by one statement.
 //!
 //! Invariant: one task per live key, under READ COMMITTED and any number of concurrent submitters.
 //! The key's row is claimed with `INSERT … ON CONFLICT DO UPDATE … WHERE expired`: a concurrent
@@ -7,6 +7,8 @@
 //! transaction owns a live key, and every other one then reads the committed owner's record (and
 //! task, inserted in the same transaction) to replay it or refuse the request. No unique violation
 //! can escape: the key's only unique index is the conflict target.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use idem_core::task::Idempotency;
@@ -16,6 +18,52 @@ use sqlx::PgConnection;
 
 use super::{rows, tasks};
 use crate::db_err;
+
+/// Submits a batch inside the caller's transaction, in order: each keyed item by [`submit_one`],
+/// and each run of consecutive keyless items, which need no key decided, by one multi-row INSERT.
+/// The statements run in the batch's order, so the outcome (and which error ends the batch) is
+/// that of submitting the items one by one.
+pub(super) async fn submit_batch(
+    tx: &mut PgConnection,
+    batch: Vec<NewTask>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Submitted>, StoreError> {
+    let mut out = Vec::with_capacity(batch.len());
+    let mut keyless = Vec::new();
+    for (index, t) in batch.into_iter().enumerate() {
+        if t.idempotency.is_none() {
+            keyless.push(t);
+            continue;
+        }
+        insert_run(tx, &mut keyless, now, &mut out).await?;
+        out.push(submit_one(tx, t, now, index).await?);
+    }
+    insert_run(tx, &mut keyless, now, &mut out).await?;
+    Ok(out)
+}
+
+/// Inserts a run of keyless tasks (emptying it) and appends them to `out` in the run's order.
+async fn insert_run(
+    tx: &mut PgConnection,
+    run: &mut Vec<NewTask>,
+    now: DateTime<Utc>,
+    out: &mut Vec<Submitted>,
+) -> Result<(), StoreError> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let mut tasks = insert_many(tx, run, now).await?;
+    for t in run.drain(..) {
+        let task = tasks
+            .remove(&t.id)
+            .ok_or_else(|| rows::corrupt("id", format!("{} was not inserted", t.id)))?;
+        out.push(Submitted {
+            task,
+            replayed: false,
+        });
+    }
+    Ok(())
+}
 
 /// Submits one task inside the caller's transaction: a live key with the same fingerprint replays
 /// its task, with another fingerprint refuses the batch (`KeyConflict { index }`); a new or expired
@@ -138,11 +186,6 @@ async fn insert(
     t: &NewTask,
     now: DateTime<Utc>,
 ) -> Result<Task, StoreError> {
-    let state = if t.run_at > now {
-        TaskState::Scheduled
-    } else {
-        TaskState::Queued
-    };
     let row = sqlx::query(
         "INSERT INTO tasks (id, task, args, state, queue, priority, attempts, max_retries,
              timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at)
@@ -152,7 +195,7 @@ async fn insert(
     .bind(t.id.to_string())
     .bind(t.task.as_str())
     .bind(rows::jsonb(&t.args))
-    .bind(state.as_str())
+    .bind(state(t, now).as_str())
     .bind(t.queue.as_str())
     .bind(t.priority)
     .bind(t.max_retries)
@@ -166,4 +209,59 @@ async fn insert(
     .await
     .map_err(db_err)?;
     rows::task(&row)
+}
+
+/// Inserts keyless task rows in one statement, each as [`insert`] would; returns them by id (a
+/// repeated id is a unique violation, which fails the statement).
+async fn insert_many(
+    tx: &mut PgConnection,
+    run: &[NewTask],
+    now: DateTime<Utc>,
+) -> Result<HashMap<TaskId, Task>, StoreError> {
+    let rows = sqlx::query(
+        "INSERT INTO tasks (id, task, args, state, queue, priority, attempts, max_retries,
+             timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at)
+         SELECT id, task, args, state, queue, priority, 0, max_retries, timeout_seconds, NULL,
+             job_id, run_at, run_at, expires_at, $11
+         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::smallint[],
+                 $7::int[], $8::float8[], $9::text[], $10::timestamptz[], $12::timestamptz[])
+             AS t(id, task, args, state, queue, priority, max_retries, timeout_seconds, job_id,
+                 run_at, expires_at)
+         RETURNING *",
+    )
+    .bind(run.iter().map(|t| t.id.to_string()).collect::<Vec<_>>())
+    .bind(run.iter().map(|t| t.task.as_str()).collect::<Vec<_>>())
+    .bind(run.iter().map(|t| rows::jsonb(&t.args)).collect::<Vec<_>>())
+    .bind(
+        run.iter()
+            .map(|t| state(t, now).as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(run.iter().map(|t| t.queue.as_str()).collect::<Vec<_>>())
+    .bind(run.iter().map(|t| t.priority).collect::<Vec<_>>())
+    .bind(run.iter().map(|t| t.max_retries).collect::<Vec<_>>())
+    .bind(run.iter().map(|t| t.timeout_seconds).collect::<Vec<_>>())
+    .bind(
+        run.iter()
+            .map(|t| t.job_id.as_ref().map(|j| j.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(run.iter().map(|t| t.run_at).collect::<Vec<_>>())
+    .bind(now)
+    .bind(run.iter().map(|t| t.expires_at).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    rows.iter()
+        .map(|r| rows::task(r).map(|t| (t.id, t)))
+        .collect()
+}
+
+/// A new task's state: `scheduled` when it may start only later, else `queued`.
+fn state(t: &NewTask, now: DateTime<Utc>) -> TaskState {
+    if t.run_at > now {
+        TaskState::Scheduled
+    } else {
+        TaskState::Queued
+    }
 }
