@@ -118,7 +118,15 @@ fn queue_list(queues: &[QueueName]) -> Vec<String> {
 
 /// How many times a transaction that Postgres aborted for a deadlock or a serialization failure is
 /// run in all.
-const ATTEMPTS: usize = 3;
+const ATTEMPTS: usize = 5;
+
+/// A short random pause before running an aborted transaction again, so that two transactions
+/// that deadlocked do not meet again at once (the loser's retry used to take the contested key
+/// before the winner had woken up, and deadlock again).
+async fn backoff(attempt: usize) {
+    let ms = rand::random::<u64>() % (5 * attempt as u64) + 1;
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+}
 
 /// Whether the error is Postgres aborting a transaction that may succeed when run again.
 fn retryable(e: &StoreError) -> bool {
@@ -193,7 +201,10 @@ impl Store for PgStore {
         let mut attempt = 1;
         loop {
             match self.fire_due_once(now, limit).await {
-                Err(e) if attempt < ATTEMPTS && retryable(&e) => attempt += 1,
+                Err(e) if attempt < ATTEMPTS && retryable(&e) => {
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
                 out => return out,
             }
         }
@@ -211,7 +222,10 @@ impl Store for PgStore {
         let mut attempt = 1;
         loop {
             match self.submit_once(batch.clone(), now).await {
-                Err(e) if attempt < ATTEMPTS && retryable(&e) => attempt += 1,
+                Err(e) if attempt < ATTEMPTS && retryable(&e) => {
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
                 out => return out,
             }
         }
