@@ -20,6 +20,9 @@ use crate::store::bounded;
 /// Broker hints claimed with one store call at most.
 const MAX_HINT_BATCH: usize = 256;
 
+/// How long a hint batch waits for more deliveries while the worker is under load.
+const HINT_LINGER: Duration = Duration::from_millis(1);
+
 impl Worker {
     /// The store-queue mode: claim batches straight from the store. With prefetching on, it claims
     /// up to `prefetch` more than the free slots and keeps them in a local buffer, refilled while
@@ -181,6 +184,7 @@ impl Worker {
     ) {
         let prefetch = u16::try_from(self.cfg.concurrency).unwrap_or(u16::MAX);
         let mut failures = 0u32;
+        let mut last_batch = 0usize;
         'consume: while !shutdown.is_cancelled() {
             let mut consumer = match broker.consume(&self.cfg.queues, prefetch).await {
                 Ok(c) => {
@@ -222,13 +226,20 @@ impl Worker {
                 // Every delivery already here joins the batch while slots are free, so a burst is
                 // claimed with one store call instead of one per message. `next` is cancel-safe:
                 // a poll that finds nothing takes nothing.
+                // Under load (the last batch had company) a lone delivery also waits up to
+                // HINT_LINGER for more: a millisecond for one commit shared by many.
                 let mut batch = vec![(delivery, permit)];
                 let mut lost = None;
+                let linger_until = (last_batch > 1).then(|| Instant::now() + HINT_LINGER);
                 while batch.len() < MAX_HINT_BATCH {
                     let Ok(p) = run.slots.clone().try_acquire_owned() else {
                         break;
                     };
-                    match consumer.next().now_or_never() {
+                    let next = match linger_until {
+                        Some(until) => tokio::time::timeout_at(until, consumer.next()).await.ok(),
+                        None => consumer.next().now_or_never(),
+                    };
+                    match next {
                         Some(Ok(d)) => batch.push((d, p)),
                         Some(Err(e)) => {
                             lost = Some(e);
@@ -237,6 +248,7 @@ impl Worker {
                         None => break,
                     }
                 }
+                last_batch = batch.len();
                 self.claim_hints(run, batch).await;
                 if let Some(e) = lost {
                     failures += 1;
