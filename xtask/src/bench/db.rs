@@ -11,6 +11,9 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
 
+/// (job id, slot, recorded at, outcome) of one `job_runs` row.
+pub type FireRow = (String, DateTime<Utc>, DateTime<Utc>, String);
+
 pub enum Db {
     Sqlite(SqlitePool),
     Pg(PgPool),
@@ -104,6 +107,29 @@ impl Db {
             }
         }
         Ok(f)
+    }
+
+    /// Every fire record: (job id, slot, recorded at, outcome), by job and slot.
+    pub async fn fire_rows(&self) -> anyhow::Result<Vec<FireRow>> {
+        let sql = "SELECT job_id, scheduled_at, recorded_at, outcome FROM job_runs
+                   ORDER BY job_id, scheduled_at";
+        Ok(match self {
+            Db::Sqlite(p) => {
+                let rows: Vec<(String, i64, i64, String)> =
+                    sqlx::query_as(sql).fetch_all(p).await?;
+                rows.into_iter()
+                    .filter_map(|(j, s, r, o)| {
+                        Some((
+                            j,
+                            DateTime::from_timestamp_millis(s)?,
+                            DateTime::from_timestamp_millis(r)?,
+                            o,
+                        ))
+                    })
+                    .collect()
+            }
+            Db::Pg(p) => sqlx::query_as(sql).fetch_all(p).await?,
+        })
     }
 
     /// Jobs in the store.

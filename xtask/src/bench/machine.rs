@@ -77,7 +77,7 @@ fn pinned(krate: &str) -> Option<String> {
         std::fs::read_to_string(binary::workspace_root().join("bench/peers/Cargo.toml")).ok()?;
     let line = toml
         .lines()
-        .find(|l| l.starts_with(&format!("{krate} = ")))?;
+        .find(|l| l.starts_with(&format!("{krate} = ")) && l.contains("version = "))?;
     let v = line.split("version = \"").nth(1)?.split('"').next()?;
     Some(v.trim_start_matches('=').to_owned())
 }

@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use crate::binary;
 
 /// The scenarios, in the order they run.
-pub const SCENARIOS: [(&str, &str); 6] = [
+pub const SCENARIOS: [(&str, &str); 7] = [
     (
         "throughput",
         "20,000 no-op tasks end to end, per shape, beside Celery",
@@ -54,11 +54,16 @@ pub const SCENARIOS: [(&str, &str); 6] = [
         "N one-second interval jobs: fires, misses, lateness, CPU, memory",
     ),
     ("idle", "100,000 far-future cron jobs: idle CPU and memory"),
+    (
+        "failover",
+        "SIGKILL of one of 2 schedulers: how soon the fires resume",
+    ),
 ];
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Scenarios to run (default: all): throughput, peers, submit, latency, schedule, idle.
+    /// Scenarios to run (default: all): throughput, peers, submit, latency, schedule, idle,
+    /// failover.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
     /// Tiny sizes and no peers: checks that the bench runs (CI), measures nothing worth quoting.
@@ -150,7 +155,13 @@ pub struct Ctx {
 
 impl Ctx {
     /// Prints a result as one JSON line, appends it to results.jsonl and keeps it for the table.
-    pub fn emit(&mut self, v: Value) {
+    pub fn emit(&mut self, mut v: Value) {
+        // The machine is shared: the load when a result was taken says how far to trust it.
+        if v["scenario"] != "machine" {
+            if let (Some(o), Some(l)) = (v.as_object_mut(), load1()) {
+                o.insert("load1".into(), json!(l));
+            }
+        }
         let line = json_line(&v);
         println!("{line}");
         let _ = std::io::stdout().flush();
@@ -177,6 +188,16 @@ impl Ctx {
     pub fn note(&self, msg: &str) {
         eprintln!("bench: {msg}");
     }
+}
+
+/// The one-minute load average.
+fn load1() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A JSON object on one line with `scenario`, `system` and `shape` first, the rest sorted.
@@ -229,7 +250,11 @@ pub fn main(args: BenchArgs) -> ExitCode {
         }
     }
     let release = args.release || !args.quick;
-    let bin = match binary::build(release) {
+    eprintln!(
+        "bench: building idem ({})",
+        if release { "release" } else { "debug" }
+    );
+    let bin = match binary::build_quietly(release) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("bench: {e:#}");

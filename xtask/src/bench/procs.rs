@@ -89,6 +89,12 @@ impl Proc {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
     }
 
+    /// SIGKILL to the group at once (a crash, not a shutdown); waits until the leader is gone.
+    pub async fn kill(mut self) {
+        kill_group(self.pid, &mut self.child);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+
     /// The last `n` lines of the process's log.
     pub fn tail(&self, n: usize) -> String {
         crate::cluster::tail(&self.log, n)

@@ -61,12 +61,24 @@ fn pick_port() -> anyhow::Result<u16> {
 
 impl Stack {
     /// Starts `shape` with the run's settings plus `extra` (`KEY=VALUE` pairs for every process);
-    /// `label` names the log files.
+    /// `label` names the log files. The pg and full shapes run 1 scheduler and 2 workers.
     pub async fn start(
         ctx: &Ctx,
         shape: Shape,
         label: &str,
         extra: &[(&str, &str)],
+    ) -> anyhow::Result<Stack> {
+        Stack::start_with(ctx, shape, label, extra, 1, 2).await
+    }
+
+    /// As [`Stack::start`] with `schedulers` and `workers` processes (pg and full shapes).
+    pub async fn start_with(
+        ctx: &Ctx,
+        shape: Shape,
+        label: &str,
+        extra: &[(&str, &str)],
+        schedulers: usize,
+        workers: usize,
     ) -> anyhow::Result<Stack> {
         let port = pick_port()?;
         let bind = format!("127.0.0.1:{port}");
@@ -140,19 +152,27 @@ impl Stack {
                 .await
                 .context("idem migrate")?;
                 env.push(("IDEM_NO_MIGRATE".into(), "true".into()));
-                let roles: [(&str, &str, Vec<String>); 4] = [
-                    ("api", "api", vec!["--bind".into(), bind.clone()]),
-                    ("scheduler", "scheduler", vec![]),
-                    ("worker", "worker-0", vec![]),
-                    ("worker", "worker-1", vec![]),
-                ];
+                let mut roles: Vec<(&str, String, Vec<String>)> =
+                    vec![("api", "api".into(), vec!["--bind".into(), bind.clone()])];
+                for i in 0..schedulers {
+                    // One scheduler is "scheduler", as the CPU columns name it; several are numbered.
+                    let name = if schedulers == 1 {
+                        "scheduler".to_owned()
+                    } else {
+                        format!("scheduler-{i}")
+                    };
+                    roles.push(("scheduler", name, vec![]));
+                }
+                for i in 0..workers {
+                    roles.push(("worker", format!("worker-{i}"), vec![]));
+                }
                 for (role, name, args) in roles {
                     let mut l = launch(role, args, env.clone());
-                    l.label = name;
-                    stack.procs.push(Proc::spawn(l, &log(name))?);
+                    l.label = &name;
+                    stack.procs.push(Proc::spawn(l, &log(&name))?);
                 }
                 stack.wait_up(&http).await?;
-                api::wait_workers(&http, &base, 2, Duration::from_secs(60)).await?;
+                api::wait_workers(&http, &base, workers, Duration::from_secs(60)).await?;
                 // The scheduler says nothing at `warn`; give it a moment to take its lock.
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -189,6 +209,17 @@ impl Stack {
             .iter_mut()
             .find_map(|p| p.exited().then_some(p))
             .map(|p| format!("{} exited; its log:\n{}", p.label, p.tail(20)))
+    }
+
+    /// SIGKILL to the process labelled `label`, waiting until it is gone.
+    pub async fn kill9(&mut self, label: &str) -> anyhow::Result<()> {
+        let i = self
+            .procs
+            .iter()
+            .position(|p| p.label == label)
+            .with_context(|| format!("no process {label}"))?;
+        self.procs.remove(i).kill().await;
+        Ok(())
     }
 
     /// Stops the processes (SIGTERM, then SIGKILL after 5 s); the database stays for reading.

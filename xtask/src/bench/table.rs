@@ -329,6 +329,25 @@ fn idle_rows(rs: &[Value], rows: &mut Vec<Row>) {
     }
 }
 
+fn failover_rows(rs: &[Value], rows: &mut Vec<Row>) {
+    for r in find(rs, "failover", "idem", None) {
+        let shape = r["shape"].as_str().unwrap_or("");
+        if shape == "-" {
+            continue;
+        }
+        let mut row = Row::new("failover", &format!("{shape}, 2 schedulers, one killed"));
+        row.idem = error_of(r).unwrap_or_else(|| {
+            format!(
+                "fires resumed {} ms after the kill, every job within {} ms; {} slots not fired",
+                int(f(r, "first_fire_after_kill_ms").unwrap_or(f64::NAN)),
+                int(f(r, "every_job_fired_again_within_ms").unwrap_or(f64::NAN)),
+                int(f(r, "not_fired").unwrap_or(f64::NAN)),
+            )
+        });
+        rows.push(row);
+    }
+}
+
 fn failures(rs: &[Value], rows: &mut Vec<Row>) {
     for r in rs
         .iter()
@@ -377,6 +396,7 @@ pub fn render(ctx: &Ctx) -> String {
     latency_rows(rs, &mut rows);
     schedule_rows(rs, &mut rows);
     idle_rows(rs, &mut rows);
+    failover_rows(rs, &mut rows);
     failures(rs, &mut rows);
     let mut out = String::from("# cargo xtask bench\n\n");
     out.push_str(&machine(rs));

@@ -1,5 +1,6 @@
 //! The scenarios of `cargo xtask bench`, one module each (docs/BENCHMARKS.md describes them).
 
+mod failover;
 mod idle;
 mod latency;
 mod schedule;
@@ -21,6 +22,7 @@ pub async fn run(ctx: &mut Ctx, id: &str) -> anyhow::Result<()> {
         "latency" => latency::run(ctx).await,
         "schedule" => schedule::run(ctx).await,
         "idle" => idle::run(ctx).await,
+        "failover" => failover::run(ctx).await,
         other => anyhow::bail!("no scenario {other}"),
     }
 }

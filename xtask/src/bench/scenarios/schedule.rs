@@ -29,7 +29,8 @@ use crate::bench::procs::{rss_mib, CpuSample};
 use crate::bench::stack::{Shape, Stack};
 use crate::bench::{api, peers, Ctx};
 
-/// How long after the window the fire history is read: a slot not recorded by then is missed.
+/// How long after the window the fire history is read: a slot not recorded by then is missed
+/// (2 s in a quick run).
 const GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
@@ -57,7 +58,12 @@ pub async fn run(ctx: &mut Ctx) -> anyhow::Result<()> {
 async fn idem(ctx: &Ctx, shape: Shape, n: usize, secs: u64) -> anyhow::Result<Value> {
     let label = format!("schedule-{}-{n}", shape.as_str());
     let mut stack = Stack::start(ctx, shape, &label, &[]).await?;
-    let r = measure(&mut stack, n, secs).await;
+    let grace = if ctx.quick {
+        Duration::from_secs(2)
+    } else {
+        GRACE
+    };
+    let r = measure(&mut stack, n, secs, grace).await;
     stack.finish(ctx).await;
     let mut v = r?;
     v["shape"] = json!(shape.as_str());
@@ -76,7 +82,7 @@ async fn sleep_until(t: DateTime<Utc>) {
     }
 }
 
-async fn measure(stack: &mut Stack, n: usize, secs: u64) -> anyhow::Result<Value> {
+async fn measure(stack: &mut Stack, n: usize, secs: u64, grace: Duration) -> anyhow::Result<Value> {
     // The first slot: far enough ahead for the creation to finish at 2,000 jobs/s; a slower creation
     // only moves the window later.
     let base = ceil_second(Utc::now() + TimeDelta::milliseconds(2000 + n as i64 / 2));
@@ -117,7 +123,7 @@ async fn measure(stack: &mut Stack, n: usize, secs: u64) -> anyhow::Result<Value
         .iter()
         .filter_map(|(l, pid)| rss_mib(*pid).map(|(r, h)| (l.clone(), r, h)))
         .collect();
-    tokio::time::sleep(GRACE).await;
+    tokio::time::sleep(grace).await;
     if let Some(d) = stack.dead() {
         bail!("{d}");
     }
