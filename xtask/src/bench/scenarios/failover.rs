@@ -116,19 +116,18 @@ async fn measure(stack: &mut Stack) -> anyhow::Result<Value> {
             largest_gap = largest_gap.max(ms(w[1].0 - w[0].0) / 1000.0);
         }
     }
-    if first_after.len() < JOBS {
-        bail!(
-            "{} of {JOBS} jobs fired again in the 5 s after the kill",
-            first_after.len()
-        );
-    }
+    // A measurement, not a check: jobs that did not fire again within the 5 s are counted.
+    let silent = JOBS - first_after.len();
     Ok(json!({
         "scenario": "failover",
         "system": "idem",
         "jobs": JOBS,
         "schedulers": 2,
-        "first_fire_after_kill_ms": round(first_after.iter().copied().fold(f64::MAX, f64::min), 0),
-        "every_job_fired_again_within_ms": round(first_after.iter().copied().fold(0.0, f64::max), 0),
+        "first_fire_after_kill_ms": first_after.iter().copied().reduce(f64::min).map(|x| round(x, 0)),
+        "every_job_fired_again_within_ms": (silent == 0)
+            .then(|| first_after.iter().copied().fold(0.0, f64::max))
+            .map(|x| round(x, 0)),
+        "jobs_silent_after_kill": silent,
         "largest_gap_between_slots_s": round(largest_gap, 3),
         "not_fired": not_fired,
     }))
