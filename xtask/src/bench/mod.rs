@@ -94,6 +94,10 @@ pub struct BenchArgs {
     /// Copy table.md and the plots into docs/bench/ at the end.
     #[arg(long)]
     publish: bool,
+    /// Measure nothing: write table.md and the plots again from DIR/results.jsonl (with
+    /// --publish, copy them to docs/bench/).
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
     /// `KEY=VALUE` for every idem process (repeatable), e.g. `--idem-env IDEM_WORKER_CONCURRENCY=32`.
     #[arg(long = "idem-env", value_name = "KEY=VALUE")]
     idem_env: Vec<String>,
@@ -221,6 +225,9 @@ pub fn json_line(v: &Value) -> String {
 }
 
 pub fn main(args: BenchArgs) -> ExitCode {
+    if let Some(dir) = &args.report {
+        return report_only(&args, dir);
+    }
     let ids: Vec<String> = if args.scenario.is_empty() {
         SCENARIOS.iter().map(|(id, _)| (*id).to_owned()).collect()
     } else {
@@ -299,6 +306,66 @@ pub fn main(args: BenchArgs) -> ExitCode {
     rt.block_on(run(ctx, ids, args.publish))
 }
 
+/// Writes table.md and the plots from the results, and with `publish` copies them to docs/bench/.
+fn finish(ctx: &Ctx, publish: bool) {
+    let table = table::render(ctx);
+    println!("\n{table}");
+    let _ = std::fs::write(ctx.dir.join("table.md"), &table);
+    for (name, r) in plot::draw_all(ctx) {
+        match r {
+            Ok(()) => ctx.note(&format!("plot {}", ctx.dir.join(name).display())),
+            Err(e) => ctx.note(&format!("plot {name} not drawn: {e:#}")),
+        }
+    }
+    if publish {
+        let docs = binary::workspace_root().join("docs").join("bench");
+        let _ = std::fs::create_dir_all(&docs);
+        for f in ["table.md", "throughput.png", "lateness.png"] {
+            let from = ctx.dir.join(f);
+            if from.is_file() {
+                match std::fs::copy(&from, docs.join(f)) {
+                    Ok(_) => ctx.note(&format!("published docs/bench/{f}")),
+                    Err(e) => ctx.note(&format!("publishing {f}: {e}")),
+                }
+            }
+        }
+    }
+}
+
+/// `--report DIR`: the table and plots again from DIR/results.jsonl, measuring nothing.
+fn report_only(args: &BenchArgs, dir: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(dir.join("results.jsonl")) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "bench: reading {}: {e}",
+                dir.join("results.jsonl").display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let results: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let m = results.iter().find(|r| r["scenario"] == "machine");
+    let ctx = Ctx {
+        quick: m.and_then(|m| m["quick"].as_bool()).unwrap_or(false),
+        peers: m.and_then(|m| m["peers"].as_bool()).unwrap_or(true),
+        release: m.is_some_and(|m| m["binary"] == "release"),
+        bin: PathBuf::new(),
+        dir: dir.to_owned(),
+        sizes: Sizes::new(args),
+        idem_env: Vec::new(),
+        registry: ns::Registry::default(),
+        results,
+        failures: 0,
+        peers_state: peers::State::default(),
+    };
+    finish(&ctx, args.publish);
+    ExitCode::SUCCESS
+}
+
 async fn interrupted() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler");
@@ -310,6 +377,15 @@ async fn interrupted() {
 
 async fn run(mut ctx: Ctx, ids: Vec<String>, publish: bool) -> ExitCode {
     let started = Instant::now();
+    // One listener for the whole run, so that a Ctrl-C between two scenarios is not lost.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            interrupted().await;
+            cancel.cancel();
+        });
+    }
     ctx.note(&format!(
         "scenarios {ids:?} ({}, {} binary{}), results in {}",
         if ctx.quick { "quick" } else { "full size" },
@@ -347,6 +423,10 @@ async fn run(mut ctx: Ctx, ids: Vec<String>, publish: bool) -> ExitCode {
     ctx.emit(m);
     let mut stop = false;
     for id in &ids {
+        if cancel.is_cancelled() {
+            stop = true;
+            break;
+        }
         let t = Instant::now();
         ctx.note(&format!("== {id}"));
         let body = AssertUnwindSafe(scenarios::run(&mut ctx, id)).catch_unwind();
@@ -363,7 +443,7 @@ async fn run(mut ctx: Ctx, ids: Vec<String>, publish: bool) -> ExitCode {
                         .unwrap_or_default()
                 )),
             },
-            _ = interrupted() => {
+            _ = cancel.cancelled() => {
                 stop = true;
                 Some(anyhow::anyhow!("interrupted"))
             }
@@ -379,28 +459,7 @@ async fn run(mut ctx: Ctx, ids: Vec<String>, publish: bool) -> ExitCode {
             break;
         }
     }
-    let table = table::render(&ctx);
-    println!("\n{table}");
-    let _ = std::fs::write(ctx.dir.join("table.md"), &table);
-    for (name, r) in plot::draw_all(&ctx) {
-        match r {
-            Ok(()) => ctx.note(&format!("plot {}", ctx.dir.join(name).display())),
-            Err(e) => ctx.note(&format!("plot {name} not drawn: {e:#}")),
-        }
-    }
-    if publish {
-        let docs = binary::workspace_root().join("docs").join("bench");
-        let _ = std::fs::create_dir_all(&docs);
-        for f in ["table.md", "throughput.png", "lateness.png"] {
-            let from = ctx.dir.join(f);
-            if from.is_file() {
-                match std::fs::copy(&from, docs.join(f)) {
-                    Ok(_) => ctx.note(&format!("published docs/bench/{f}")),
-                    Err(e) => ctx.note(&format!("publishing {f}: {e}")),
-                }
-            }
-        }
-    }
+    finish(&ctx, publish);
     ctx.note(&format!(
         "done in {:.0} s: {} result lines, {} idem measurement(s) failed; results in {}",
         started.elapsed().as_secs_f64(),

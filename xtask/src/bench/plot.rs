@@ -236,7 +236,7 @@ fn lateness(rs: &[Value], path: &Path) -> anyhow::Result<()> {
         .axis_desc_style((FONT, 16))
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
-    for (name, pts, color) in &series {
+    for (k, (name, pts, color)) in series.iter().enumerate() {
         if pts.is_empty() {
             continue;
         }
@@ -253,11 +253,13 @@ fn lateness(rs: &[Value], path: &Path) -> anyhow::Result<()> {
             .draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 4, c.filled())))
             .map_err(|e| anyhow!("{e}"))?;
         let style = (FONT, 13).into_font().color(&c);
+        // Each series' labels a line lower than the previous one's, so that points that coincide
+        // (every system at ~1 s when it cannot keep up) stay readable.
+        let dy = 4 + 15 * k as i32;
         chart
-            .draw_series(
-                pts.iter()
-                    .map(|p| Text::new(format!("  {}", p.2), (p.0, p.1), style.clone())),
-            )
+            .draw_series(pts.iter().map(|p| {
+                EmptyElement::at((p.0, p.1)) + Text::new(p.2.clone(), (8, dy), style.clone())
+            }))
             .map_err(|e| anyhow!("{e}"))?;
     }
     chart
