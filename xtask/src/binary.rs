@@ -16,6 +16,15 @@ pub fn workspace_root() -> PathBuf {
 
 /// `cargo build -p idem [--release]`; the binary's path.
 pub fn build(release: bool) -> anyhow::Result<PathBuf> {
+    println!(
+        "chaos: building idem ({})",
+        if release { "release" } else { "debug" }
+    );
+    build_quietly(release)
+}
+
+/// As [`build`], without the line on stdout (the bench keeps stdout for its result lines).
+pub fn build_quietly(release: bool) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -34,10 +43,6 @@ pub fn build(release: bool) -> anyhow::Result<PathBuf> {
     if release {
         cmd.arg("--release");
     }
-    println!(
-        "chaos: building idem ({})",
-        if release { "release" } else { "debug" }
-    );
     let status = cmd.status().context("running cargo build")?;
     if !status.success() {
         bail!("cargo build -p idem failed: {status}");

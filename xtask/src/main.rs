@@ -1,3 +1,5 @@
+//! `cargo xtask bench`: the benchmarks beside their peers (docs/BENCHMARKS.md; see `bench/`).
+//!
 //! `cargo xtask chaos`: the fault-injection suite. It builds `idem`, runs it as several processes
 //! against PostgreSQL, RabbitMQ and Redis (each run in its own namespaces), drives a workload,
 //! injects faults on a schedule derived from the seed, and checks the history the client, an HTTP
@@ -7,6 +9,7 @@
 //! scenario's teardown runs, and before the runner exits the machine's services are checked and
 //! started if one is down. The exit code is 0 only when every criterion of every scenario passed.
 
+mod bench;
 mod binary;
 mod client;
 mod cluster;
@@ -46,6 +49,8 @@ struct Cli {
 enum Task {
     /// The fault-injection suite (docs/RELIABILITY.md).
     Chaos(ChaosArgs),
+    /// The benchmarks, each beside a peer on the same machine (docs/BENCHMARKS.md).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -76,7 +81,10 @@ struct ChaosArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Task::Chaos(args) = cli.command;
+    let args = match cli.command {
+        Task::Chaos(args) => args,
+        Task::Bench(args) => return bench::main(args),
+    };
     let ids: Vec<String> = if args.all || (args.smoke && args.scenario.is_empty()) {
         scenarios::ALL
             .iter()

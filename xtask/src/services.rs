@@ -156,7 +156,18 @@ impl Isolated {
     }
 }
 
-async fn drop_database(pg: &Pg, name: &str) -> anyhow::Result<()> {
+/// Creates database `name` (the bench's namespaces use this without a vhost or a Redis index).
+pub async fn create_database(pg: &Pg, name: &str) -> anyhow::Result<()> {
+    let mut conn = pg.admin().await?;
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("CREATE DATABASE {name}"))?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+pub async fn drop_database(pg: &Pg, name: &str) -> anyhow::Result<()> {
     let mut conn = pg.admin().await?;
     sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
         .execute(&mut conn)
@@ -178,7 +189,7 @@ async fn redis_conn(redis: &Redis, db: u32) -> anyhow::Result<redis::aio::Multip
 
 /// Takes the first free database index in 1..16 (0 is where everybody else's tests live). An index
 /// claimed by a runner that is gone is taken over and emptied.
-async fn claim_redis_db(redis: &Redis, name: &str) -> anyhow::Result<u32> {
+pub async fn claim_redis_db(redis: &Redis, name: &str) -> anyhow::Result<u32> {
     for db in 1..16u32 {
         let mut conn = redis_conn(redis, db).await?;
         let taken: Option<String> = redis::cmd("SET")
@@ -222,7 +233,7 @@ async fn flush_except_claim(conn: &mut redis::aio::MultiplexedConnection) -> any
     Ok(())
 }
 
-async fn release_redis_db(redis: &Redis, db: u32, name: &str) -> anyhow::Result<()> {
+pub async fn release_redis_db(redis: &Redis, db: u32, name: &str) -> anyhow::Result<()> {
     let mut conn = redis_conn(redis, db).await?;
     let owner: Option<String> = redis::cmd("GET")
         .arg(REDIS_CLAIM)
