@@ -260,8 +260,10 @@ impl FireSteps for Fire<'_> {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let r = sqlx::query(
+            // Recorded when the slot is decided (the database's clock), not when the pass
+            // began: a long pass shows as lateness.
             "INSERT INTO job_runs (job_id, scheduled_at, outcome, recorded_at)
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+             VALUES ($1, $2, $3, GREATEST($4, clock_timestamp())) ON CONFLICT DO NOTHING",
         )
         .bind(job.as_str())
         .bind(slot)

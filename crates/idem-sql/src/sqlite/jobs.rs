@@ -263,7 +263,8 @@ impl FireSteps for Fire<'_> {
         .bind(job.as_str())
         .bind(ms(slot))
         .bind(outcome.as_str())
-        .bind(ms(now))
+        // When the slot is decided, not when the pass began: a long pass shows as lateness.
+        .bind(ms(now).max(Utc::now().timestamp_millis()))
         .execute(&mut *self.0)
         .await
         .map_err(db_err)?;
