@@ -108,11 +108,16 @@ impl PgStore {
         )
         .await
         .map_err(db_err)?;
+        let channels = Arc::new(channels);
+        let announcer = Arc::new(super::announce::Announcer::start(
+            pool.clone(),
+            channels.clone(),
+        ));
         Ok(Self {
             pool,
             connect,
             wakeups,
-            channels: Arc::new(channels),
+            announcer,
             clock: Arc::new(clock),
             _listener: Arc::new(stop.drop_guard()),
         })

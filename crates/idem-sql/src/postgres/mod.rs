@@ -4,9 +4,12 @@
 //! Invariants: every `Store` method is one READ COMMITTED transaction; the rows a method competes
 //! for are taken with `FOR UPDATE SKIP LOCKED` (claims, fires, promotion, reaping, expiry) or
 //! decided by a unique key (`ON CONFLICT`: idempotency keys, fire history), so concurrent processes
-//! neither block on each other's work nor do it twice. Each commit that can wake another loop sends
-//! `pg_notify` in the same transaction, and fires this process's wake-ups once it has committed.
+//! neither block on each other's work nor do it twice. Each commit that can wake another loop fires
+//! this process's wake-ups once it has committed and is announced to the other processes with
+//! `pg_notify` right after (`announce`: not inside the transaction, where it would serialise
+//! commits).
 
+mod announce;
 mod clock;
 mod connect;
 mod jobs;
@@ -38,7 +41,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tokio_util::sync::DropGuard;
 
 use self::clock::DbClock;
-use self::notify::{Channels, Signal};
+use self::notify::Signal;
 use crate::{db_err, wake};
 
 /// The store over one PostgreSQL database (and schema). Cheap to clone; the clones share the pool,
@@ -51,12 +54,12 @@ pub struct PgStore {
     connect: PgConnectOptions,
     /// This process's wake-ups, fired after each commit and by the listener for other processes'.
     wakeups: Arc<Wakeups>,
-    /// Where commits announce themselves (namespaced by schema).
-    channels: Arc<Channels>,
     /// `now()` without a query per call.
     clock: Arc<DbClock>,
     /// Cancels the notification listener when the last clone is dropped.
     _listener: Arc<DropGuard>,
+    /// Sends commits' signals to the other processes (see [`announce`]).
+    announcer: Arc<announce::Announcer>,
 }
 
 impl PgStore {
@@ -64,27 +67,19 @@ impl PgStore {
         self.pool.begin().await.map_err(db_err)
     }
 
-    /// Announces `signals` in the transaction, commits it, then fires them in this process.
+    /// Commits, then fires `signals` in this process and hands them to the announcer for the
+    /// others.
     async fn commit(
         &self,
-        mut tx: Transaction<'static, Postgres>,
+        tx: Transaction<'static, Postgres>,
         signals: &[Signal],
     ) -> Result<(), StoreError> {
-        if !signals.is_empty() {
-            let (channels, payloads): (Vec<String>, Vec<String>) = signals
-                .iter()
-                .map(|s| self.channels.notification(*s))
-                .unzip();
-            sqlx::query("SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)")
-                .bind(channels)
-                .bind(payloads)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-        }
         tx.commit().await.map_err(db_err)?;
         for s in signals {
             s.fire(&self.wakeups);
+        }
+        if !signals.is_empty() {
+            self.announcer.announce(signals);
         }
         Ok(())
     }
