@@ -1,6 +1,6 @@
 //! The wake-up rules, once for every dialect: which loops a committed store method wakes. SQLite fires
-//! the returned signals in this process after its commit; PostgreSQL also announces them with
-//! `pg_notify` inside the transaction, so other processes wake too.
+//! the returned signals in this process after its commit; PostgreSQL also announces them to the
+//! other processes with `pg_notify` right after the commit (`postgres::announce`).
 //!
 //! Invariant: a commit that makes a task runnable wakes the workers (`Tasks`), one that makes a task
 //! final wakes result long-polls (`Finished`), one that cancels a running task wakes its worker
