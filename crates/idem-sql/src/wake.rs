@@ -42,8 +42,8 @@ pub(crate) fn after_job_write() -> Vec<Signal> {
 }
 
 /// New tasks (not replays) are runnable or will be.
-pub(crate) fn after_submit(out: &[Submitted]) -> Vec<Signal> {
-    flag(out.iter().any(|s| !s.replayed), Signal::Tasks)
+pub(crate) fn after_submit<'a>(out: impl IntoIterator<Item = &'a Submitted>) -> Vec<Signal> {
+    flag(out.into_iter().any(|s| !s.replayed), Signal::Tasks)
 }
 
 /// Fired slots made tasks.

@@ -144,15 +144,7 @@ impl Worker {
                 }
             }
         }
-        {
-            let mut running = self.running.lock().unwrap();
-            if running
-                .get(&task.id)
-                .is_some_and(|r| r.attempt == task.attempts)
-            {
-                running.remove(&task.id);
-            }
-        }
+        self.forget(task.id, task.attempts);
         metrics::gauge!("idem_workers_busy").decrement(1.0);
     }
 

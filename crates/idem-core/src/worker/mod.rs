@@ -217,12 +217,15 @@ impl Worker {
     /// Forgets a held claim that will not run (cancelled, or its lease may have expired while it
     /// waited): nothing is reported, so the store's cancel or reaper decides what happens to it.
     fn drop_held(&self, held: &Held) {
+        self.forget(held.claim.task.id, held.claim.task.attempts);
+    }
+
+    /// Removes the entry of this attempt from `running` (not a newer attempt of the same task that
+    /// this worker claimed meanwhile).
+    fn forget(&self, task_id: TaskId, attempt: i32) {
         let mut running = self.running.lock().unwrap();
-        if running
-            .get(&held.claim.task.id)
-            .is_some_and(|r| r.attempt == held.claim.task.attempts)
-        {
-            running.remove(&held.claim.task.id);
+        if running.get(&task_id).is_some_and(|r| r.attempt == attempt) {
+            running.remove(&task_id);
         }
     }
 

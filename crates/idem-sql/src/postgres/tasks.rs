@@ -179,22 +179,7 @@ pub(super) async fn claim_one(
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
 ) -> Result<Option<Claim>, StoreError> {
-    let row = sqlx::query(
-        "UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = $1,
-             lease_owner = $2, lease_expires_at = $3
-         WHERE id = $4
-           AND (state = 'queued' OR (state IN ('scheduled', 'retrying') AND run_at <= $1))
-           AND (expires_at IS NULL OR expires_at > $1)
-         RETURNING *",
-    )
-    .bind(now)
-    .bind(&worker.0)
-    .bind(lease_until)
-    .bind(id.to_string())
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    Ok(claims(row.as_slice(), lease_until)?.pop())
+    Ok(claim_ids(tx, &[id], worker, now, lease_until).await?.pop())
 }
 
 /// Claims those of the given tasks that are runnable now, in one statement (a batch of hints).

@@ -67,12 +67,7 @@ async fn run(writer: SqlitePool, wakeups: Arc<Wakeups>, mut rx: mpsc::Receiver<P
         metrics::histogram!("idem_submit_group_size").record(group.len() as f64);
         match write(&writer, &mut group).await {
             Ok(results) => {
-                for s in wake::after_submit(
-                    &results
-                        .iter()
-                        .filter_map(|r| r.as_ref().ok().cloned())
-                        .collect::<Vec<_>>(),
-                ) {
+                for s in wake::after_submit(results.iter().filter_map(|r| r.as_ref().ok())) {
                     s.fire(&wakeups);
                 }
                 for (p, r) in group.into_iter().zip(results) {
