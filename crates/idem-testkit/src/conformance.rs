@@ -1,7 +1,7 @@
 //! The store conformance suite: the guarantees of the README as tests, written against the `Store` trait
 //! only. Each case takes a fresh, empty store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -915,6 +915,99 @@ pub async fn a_fire_whose_key_is_taken_is_recorded_and_the_other_jobs_fire(store
         .fires
         .iter()
         .any(|f| f.job_id.as_str() == "taken" && f.outcome == FireOutcome::Fired));
+}
+
+pub async fn a_fire_whose_key_holds_its_own_request_replays_that_task(store: S) {
+    let start = t0();
+    store
+        .create_job(interval_job("replayed", 10.0, start), false)
+        .await
+        .unwrap();
+    // The slot's task exists but its history row does not (a fire whose history was pruned while
+    // its key lived on): the fire replays that task instead of making a second one.
+    let earlier = store
+        .get_job(&JobId::try_from("replayed").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .fire_task(start, start);
+    let earlier_id = earlier.id;
+    store.submit(vec![earlier], start).await.unwrap();
+
+    let pass = store.fire_due(start + secs(1.0), 10).await.unwrap();
+    assert_eq!(pass.fires.len(), 1, "{pass:?}");
+    assert_eq!(pass.fires[0].outcome, FireOutcome::Fired);
+    assert_eq!(pass.fires[0].task_id, Some(earlier_id));
+    let runs = store
+        .job_runs(&JobId::try_from("replayed").unwrap(), 10)
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(
+        runs[0].task_id,
+        Some(earlier_id),
+        "the history names the replayed task"
+    );
+    let tasks = store
+        .list_tasks(
+            &TaskFilter::default(),
+            &PageRequest {
+                limit: 10,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(tasks.items.len(), 1, "no second task for the slot");
+    let job = store
+        .get_job(&JobId::try_from("replayed").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.last_run_at, Some(start));
+    assert_eq!(job.next_run_at, Some(start + secs(10.0)));
+}
+
+pub async fn a_pass_fires_a_full_batch_with_catch_up_slots_and_the_rest_next(store: S) {
+    let start = t0();
+    // 300 jobs, each three slots behind (no coalescing): a 256-job call fires 768 slots and leaves
+    // 44 jobs for the next call.
+    for i in 0..300 {
+        store
+            .create_job(interval_job(&format!("j{i:03}"), 1.0, start), false)
+            .await
+            .unwrap();
+    }
+    let now = start + secs(2.5);
+    let first = store.fire_due(now, 256).await.unwrap();
+    assert_eq!(first.jobs, 256);
+    assert_eq!(first.fires.len(), 256 * 3);
+    let second = store.fire_due(now, 256).await.unwrap();
+    assert_eq!(second.jobs, 44);
+    assert_eq!(second.fires.len(), 44 * 3);
+    assert_eq!(store.fire_due(now, 256).await.unwrap().jobs, 0);
+    let mut task_ids = HashSet::new();
+    for f in first.fires.iter().chain(&second.fires) {
+        assert_eq!(f.outcome, FireOutcome::Fired);
+        assert!(task_ids.insert(f.task_id.unwrap()), "one task per slot");
+    }
+    for i in [0, 255, 256, 299] {
+        let id = JobId::try_from(format!("j{i:03}")).unwrap();
+        let job = store.get_job(&id).await.unwrap().unwrap();
+        assert_eq!(job.last_run_at, Some(start + secs(2.0)), "{id}");
+        assert_eq!(job.next_run_at, Some(start + secs(3.0)), "{id}");
+        assert_eq!(job.version, 2, "{id}: one write per pass");
+        let runs = store.job_runs(&id, 10).await.unwrap();
+        assert_eq!(runs.len(), 3, "{id}");
+        for r in &runs {
+            let task = store.get_task(r.task_id.unwrap()).await.unwrap().unwrap();
+            assert_eq!(
+                task.scheduled_at, r.scheduled_at,
+                "{id}: the row names its own task"
+            );
+            assert_eq!(task.job_id.as_ref(), Some(&id));
+        }
+    }
 }
 
 pub async fn a_job_with_an_invalid_trigger_is_quarantined_and_the_others_fire(store: S) {

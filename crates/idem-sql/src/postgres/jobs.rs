@@ -5,16 +5,17 @@
 //! Invariant: every write of a job moves its `version` on, and the API's writes are compare-and-set
 //! on it, so a write based on a stale read changes nothing.
 
+use std::collections::{HashMap, HashSet};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use idem_core::job::FireOutcome;
 use idem_core::store::{Cas, JobFilter, Page, PageRequest};
-use idem_core::{FireRecord, Job, JobId, JobState, NewTask, StoreError, Submitted, TaskId};
+use idem_core::{FireRecord, Job, JobId, NewTask, StoreError};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::{rows, submit};
 use crate::db_err;
-use crate::fire::{DueJob, FireSteps};
+use crate::fire::{Advance, DueJob, FireSteps, FireSubmit, Slot};
 
 /// Inserts a job; an existing one is overwritten only when `replace` (else `JobExists`). One
 /// statement, so two creators of one id never both succeed without `replace`. A replacing job's
@@ -240,81 +241,107 @@ impl FireSteps for Fire<'_> {
             .collect())
     }
 
-    async fn unfinished_tasks(&mut self, job: &JobId) -> Result<i64, StoreError> {
-        let (n,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM tasks
-             WHERE job_id = $1 AND state IN ('scheduled', 'queued', 'running', 'retrying')",
+    async fn unfinished_tasks(
+        &mut self,
+        jobs: &[JobId],
+    ) -> Result<HashMap<JobId, i64>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT job_id, count(*) FROM tasks
+             WHERE job_id = ANY($1) AND state IN ('scheduled', 'queued', 'running', 'retrying')
+             GROUP BY job_id",
         )
-        .bind(job.as_str())
-        .fetch_one(&mut *self.0)
+        .bind(jobs.iter().map(|j| j.as_str()).collect::<Vec<_>>())
+        .fetch_all(&mut *self.0)
         .await
         .map_err(db_err)?;
-        Ok(n)
+        rows.into_iter()
+            .map(|(id, n)| {
+                Ok((
+                    JobId::try_from(id).map_err(|e| rows::corrupt("job_id", e))?,
+                    n,
+                ))
+            })
+            .collect()
     }
 
-    async fn guard_slot(
+    async fn guard_slots(
         &mut self,
-        job: &JobId,
-        slot: DateTime<Utc>,
-        outcome: FireOutcome,
+        slots: &[Slot],
         now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            // Recorded when the slot is decided (the database's clock), not when the pass
+    ) -> Result<Vec<bool>, StoreError> {
+        let fresh: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+            // Recorded when the slots are decided (the database's clock), not when the pass
             // began: a long pass shows as lateness.
-            "INSERT INTO job_runs (job_id, scheduled_at, outcome, recorded_at)
-             VALUES ($1, $2, $3, GREATEST($4, clock_timestamp())) ON CONFLICT DO NOTHING",
+            "INSERT INTO job_runs (job_id, scheduled_at, outcome, task_id, recorded_at)
+             SELECT job_id, scheduled_at, outcome, task_id, GREATEST($5, clock_timestamp())
+             FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[])
+                 AS s(job_id, scheduled_at, outcome, task_id)
+             ON CONFLICT DO NOTHING
+             RETURNING job_id, scheduled_at",
         )
-        .bind(job.as_str())
-        .bind(slot)
-        .bind(outcome.as_str())
+        .bind(slots.iter().map(|s| s.job.as_str()).collect::<Vec<_>>())
+        .bind(slots.iter().map(|s| s.at).collect::<Vec<_>>())
+        .bind(slots.iter().map(|s| s.outcome.as_str()).collect::<Vec<_>>())
+        .bind(
+            slots
+                .iter()
+                .map(|s| s.task.map(|t| t.to_string()))
+                .collect::<Vec<_>>(),
+        )
         .bind(now)
-        .execute(&mut *self.0)
+        .fetch_all(&mut *self.0)
         .await
         .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
+        let fresh: HashSet<(String, DateTime<Utc>)> = fresh.into_iter().collect();
+        Ok(slots
+            .iter()
+            .map(|s| fresh.contains(&(s.job.as_str().to_owned(), s.at)))
+            .collect())
     }
 
-    async fn submit(&mut self, task: NewTask, now: DateTime<Utc>) -> Result<Submitted, StoreError> {
-        submit::submit_one(self.0, task, now, 0).await
-    }
-
-    async fn record_slot(
+    async fn submit_fires(
         &mut self,
-        job: &JobId,
-        slot: DateTime<Utc>,
-        outcome: FireOutcome,
-        task: Option<TaskId>,
-    ) -> Result<(), StoreError> {
+        tasks: Vec<NewTask>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<FireSubmit>, StoreError> {
+        submit::submit_fires(self.0, tasks, now).await
+    }
+
+    async fn record_slots(&mut self, slots: &[Slot]) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE job_runs SET outcome = $1, task_id = $2 WHERE job_id = $3 AND scheduled_at = $4",
+            "UPDATE job_runs SET outcome = s.outcome, task_id = s.task_id
+             FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[])
+                 AS s(job_id, scheduled_at, outcome, task_id)
+             WHERE job_runs.job_id = s.job_id AND job_runs.scheduled_at = s.scheduled_at",
         )
-        .bind(outcome.as_str())
-        .bind(task.map(|t| t.to_string()))
-        .bind(job.as_str())
-        .bind(slot)
+        .bind(slots.iter().map(|s| s.job.as_str()).collect::<Vec<_>>())
+        .bind(slots.iter().map(|s| s.at).collect::<Vec<_>>())
+        .bind(slots.iter().map(|s| s.outcome.as_str()).collect::<Vec<_>>())
+        .bind(
+            slots
+                .iter()
+                .map(|s| s.task.map(|t| t.to_string()))
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *self.0)
         .await
         .map_err(db_err)?;
         Ok(())
     }
 
-    async fn advance(
-        &mut self,
-        job: &JobId,
-        next_run_at: Option<DateTime<Utc>>,
-        last_fired: Option<DateTime<Utc>>,
-        state: JobState,
-    ) -> Result<(), StoreError> {
+    async fn advance(&mut self, jobs: &[Advance]) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE jobs SET next_run_at = $1, last_run_at = COALESCE($2, last_run_at), state = $3,
-                 version = version + 1
-             WHERE id = $4",
+            "UPDATE jobs SET next_run_at = a.next_run_at,
+                 last_run_at = COALESCE(a.last_fired, jobs.last_run_at), state = a.state,
+                 version = jobs.version + 1
+             FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[])
+                 AS a(id, next_run_at, last_fired, state)
+             WHERE jobs.id = a.id",
         )
-        .bind(next_run_at)
-        .bind(last_fired)
-        .bind(state.as_str())
-        .bind(job.as_str())
+        .bind(jobs.iter().map(|a| a.job.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|a| a.next_run_at).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|a| a.last_fired).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|a| a.state.as_str()).collect::<Vec<_>>())
         .execute(&mut *self.0)
         .await
         .map_err(db_err)?;

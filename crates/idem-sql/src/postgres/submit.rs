@@ -8,7 +8,7 @@
 //! task, inserted in the same transaction) to replay it or refuse the request. No unique violation
 //! can escape: the key's only unique index is the conflict target.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use idem_core::task::Idempotency;
@@ -18,6 +18,7 @@ use sqlx::PgConnection;
 
 use super::{rows, tasks};
 use crate::db_err;
+use crate::fire::FireSubmit;
 
 /// Submits a batch inside the caller's transaction, in order: each keyed item by [`submit_one`],
 /// and each run of consecutive keyless items, which need no key decided, by one multi-row INSERT.
@@ -103,6 +104,94 @@ pub(super) async fn submit_one(
         task,
         replayed: false,
     })
+}
+
+/// Submits a pass's fires inside the caller's transaction, each as [`submit_one`] would, in two
+/// statements for the usual case: the free keys are claimed by one `INSERT … ON CONFLICT` and their
+/// tasks inserted by one more. A fire's key (`job:{id}:{slot}`) is disjoint from every concurrent
+/// pass's (each job is locked by one pass), so the claim never waits in practice; it takes the keys
+/// in sorted order all the same, so two such statements cannot deadlock. A key that is live already
+/// (the slot fired before its history was pruned, or a client's task from before the namespace was
+/// reserved) goes through [`submit_one`], which replays it or refuses it.
+pub(super) async fn submit_fires(
+    tx: &mut PgConnection,
+    tasks: Vec<NewTask>,
+    now: DateTime<Utc>,
+) -> Result<Vec<FireSubmit>, StoreError> {
+    let mut keyed: Vec<(&Idempotency, TaskId)> = tasks
+        .iter()
+        .filter_map(|t| t.idempotency.as_ref().map(|i| (i, t.id)))
+        .collect();
+    keyed.sort_by(|a, b| a.0.key.as_str().cmp(b.0.key.as_str()));
+    let claimed: Vec<(String,)> = sqlx::query_as(
+        "INSERT INTO idempotency_keys (key, fingerprint, task_id, expires_at)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+         ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint,
+             task_id = excluded.task_id, expires_at = excluded.expires_at
+         WHERE idempotency_keys.expires_at <= $5
+         RETURNING key",
+    )
+    .bind(
+        keyed
+            .iter()
+            .map(|(i, _)| i.key.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        keyed
+            .iter()
+            .map(|(i, _)| i.fingerprint.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        keyed
+            .iter()
+            .map(|(_, id)| id.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        keyed
+            .iter()
+            .map(|(i, _)| now + chrono_secs(i.ttl_seconds))
+            .collect::<Vec<_>>(),
+    )
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let claimed: HashSet<String> = claimed.into_iter().map(|(k,)| k).collect();
+    let is_claimed = |t: &NewTask| {
+        t.idempotency
+            .as_ref()
+            .is_some_and(|i| claimed.contains(i.key.as_str()))
+    };
+    let n = tasks.len();
+    let (fresh, rest): (Vec<_>, Vec<_>) = tasks
+        .into_iter()
+        .enumerate()
+        .partition(|(_, t)| is_claimed(t));
+    let mut out: Vec<Option<FireSubmit>> = (0..n).map(|_| None).collect();
+    if !fresh.is_empty() {
+        let (at, run): (Vec<usize>, Vec<NewTask>) = fresh.into_iter().unzip();
+        let mut inserted = insert_many(tx, &run, now).await?;
+        for (i, t) in at.into_iter().zip(&run) {
+            let task = inserted
+                .remove(&t.id)
+                .ok_or_else(|| rows::corrupt("id", format!("{} was not inserted", t.id)))?;
+            out[i] = Some(FireSubmit::Submitted(Submitted {
+                task,
+                replayed: false,
+            }));
+        }
+    }
+    for (i, t) in rest {
+        out[i] = Some(match submit_one(tx, t, now, 0).await {
+            Ok(s) => FireSubmit::Submitted(s),
+            Err(StoreError::KeyConflict { .. }) => FireSubmit::KeyConflict,
+            Err(e) => return Err(e),
+        });
+    }
+    Ok(out.into_iter().flatten().collect())
 }
 
 /// What became of a key.
@@ -211,8 +300,9 @@ async fn insert(
     rows::task(&row)
 }
 
-/// Inserts keyless task rows in one statement, each as [`insert`] would; returns them by id (a
-/// repeated id is a unique violation, which fails the statement).
+/// Inserts task rows in one statement, each as [`insert`] would (a keyed row's key must already be
+/// claimed for it); returns them by id (a repeated id is a unique violation, which fails the
+/// statement).
 async fn insert_many(
     tx: &mut PgConnection,
     run: &[NewTask],
@@ -221,12 +311,13 @@ async fn insert_many(
     let rows = sqlx::query(
         "INSERT INTO tasks (id, task, args, state, queue, priority, attempts, max_retries,
              timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at)
-         SELECT id, task, args, state, queue, priority, 0, max_retries, timeout_seconds, NULL,
-             job_id, run_at, run_at, expires_at, $11
+         SELECT id, task, args, state, queue, priority, 0, max_retries, timeout_seconds,
+             idempotency_key, job_id, run_at, run_at, expires_at, $11
          FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::smallint[],
-                 $7::int[], $8::float8[], $9::text[], $10::timestamptz[], $12::timestamptz[])
+                 $7::int[], $8::float8[], $9::text[], $10::timestamptz[], $12::timestamptz[],
+                 $13::text[])
              AS t(id, task, args, state, queue, priority, max_retries, timeout_seconds, job_id,
-                 run_at, expires_at)
+                 run_at, expires_at, idempotency_key)
          RETURNING *",
     )
     .bind(run.iter().map(|t| t.id.to_string()).collect::<Vec<_>>())
@@ -249,6 +340,11 @@ async fn insert_many(
     .bind(run.iter().map(|t| t.run_at).collect::<Vec<_>>())
     .bind(now)
     .bind(run.iter().map(|t| t.expires_at).collect::<Vec<_>>())
+    .bind(
+        run.iter()
+            .map(|t| t.idempotency.as_ref().map(|i| i.key.as_str()))
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(&mut *tx)
     .await
     .map_err(db_err)?;

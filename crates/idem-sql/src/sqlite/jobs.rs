@@ -3,16 +3,17 @@
 //! Invariant: every write of a job moves its `version` on, and the API's writes are compare-and-set
 //! on it, so a write based on a stale read changes nothing.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use idem_core::job::FireOutcome;
 use idem_core::store::{Cas, JobFilter, Page, PageRequest};
-use idem_core::{FireRecord, Job, JobId, JobState, NewTask, StoreError, Submitted, TaskId};
+use idem_core::{FireRecord, Job, JobId, NewTask, StoreError};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use super::{ms, rows, tasks};
 use crate::db_err;
-use crate::fire::{DueJob, FireSteps};
+use crate::fire::{Advance, DueJob, FireSteps, FireSubmit, Slot};
 
 /// Inserts a job, or replaces one with the same id when `replace`. A replacing job's version
 /// continues the old one's, so a version read before the replacement never matches after it.
@@ -237,83 +238,100 @@ impl FireSteps for Fire<'_> {
             .collect())
     }
 
-    async fn unfinished_tasks(&mut self, job: &JobId) -> Result<i64, StoreError> {
-        let (n,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM tasks
-             WHERE job_id = ? AND state IN ('scheduled', 'queued', 'running', 'retrying')",
-        )
-        .bind(job.as_str())
-        .fetch_one(&mut *self.0)
-        .await
-        .map_err(db_err)?;
-        Ok(n)
+    // SQLite runs in-process: a statement per item costs a hand-off to the connection's thread, not
+    // a network round trip, so these steps stay one statement per item (each prepared once).
+
+    async fn unfinished_tasks(
+        &mut self,
+        jobs: &[JobId],
+    ) -> Result<HashMap<JobId, i64>, StoreError> {
+        let mut out = HashMap::with_capacity(jobs.len());
+        for job in jobs {
+            let (n,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM tasks
+                 WHERE job_id = ? AND state IN ('scheduled', 'queued', 'running', 'retrying')",
+            )
+            .bind(job.as_str())
+            .fetch_one(&mut *self.0)
+            .await
+            .map_err(db_err)?;
+            out.insert(job.clone(), n);
+        }
+        Ok(out)
     }
 
-    async fn guard_slot(
+    async fn guard_slots(
         &mut self,
-        job: &JobId,
-        slot: DateTime<Utc>,
-        outcome: FireOutcome,
+        slots: &[Slot],
         now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "INSERT INTO job_runs (job_id, scheduled_at, outcome, recorded_at)
-             VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(job.as_str())
-        .bind(ms(slot))
-        .bind(outcome.as_str())
-        // When the slot is decided, not when the pass began: a long pass shows as lateness.
-        .bind(ms(now).max(Utc::now().timestamp_millis()))
-        .execute(&mut *self.0)
-        .await
-        .map_err(db_err)?;
-        Ok(r.rows_affected() == 1)
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut out = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let r = sqlx::query(
+                "INSERT INTO job_runs (job_id, scheduled_at, outcome, task_id, recorded_at)
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(slot.job.as_str())
+            .bind(ms(slot.at))
+            .bind(slot.outcome.as_str())
+            .bind(slot.task.map(|t| t.to_string()))
+            // When the slot is decided, not when the pass began: a long pass shows as lateness.
+            .bind(ms(now).max(Utc::now().timestamp_millis()))
+            .execute(&mut *self.0)
+            .await
+            .map_err(db_err)?;
+            out.push(r.rows_affected() == 1);
+        }
+        Ok(out)
     }
 
-    async fn submit(&mut self, task: NewTask, now: DateTime<Utc>) -> Result<Submitted, StoreError> {
-        tasks::submit_one(self.0, task, now, 0).await
-    }
-
-    async fn record_slot(
+    async fn submit_fires(
         &mut self,
-        job: &JobId,
-        slot: DateTime<Utc>,
-        outcome: FireOutcome,
-        task: Option<TaskId>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE job_runs SET outcome = ?, task_id = ? WHERE job_id = ? AND scheduled_at = ?",
-        )
-        .bind(outcome.as_str())
-        .bind(task.map(|t| t.to_string()))
-        .bind(job.as_str())
-        .bind(ms(slot))
-        .execute(&mut *self.0)
-        .await
-        .map_err(db_err)?;
+        tasks: Vec<NewTask>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<FireSubmit>, StoreError> {
+        let mut out = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            out.push(match tasks::submit_one(self.0, task, now, 0).await {
+                Ok(s) => FireSubmit::Submitted(s),
+                Err(StoreError::KeyConflict { .. }) => FireSubmit::KeyConflict,
+                Err(e) => return Err(e),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn record_slots(&mut self, slots: &[Slot]) -> Result<(), StoreError> {
+        for slot in slots {
+            sqlx::query(
+                "UPDATE job_runs SET outcome = ?, task_id = ? WHERE job_id = ? AND scheduled_at = ?",
+            )
+            .bind(slot.outcome.as_str())
+            .bind(slot.task.map(|t| t.to_string()))
+            .bind(slot.job.as_str())
+            .bind(ms(slot.at))
+            .execute(&mut *self.0)
+            .await
+            .map_err(db_err)?;
+        }
         Ok(())
     }
 
-    async fn advance(
-        &mut self,
-        job: &JobId,
-        next_run_at: Option<DateTime<Utc>>,
-        last_fired: Option<DateTime<Utc>>,
-        state: JobState,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE jobs SET next_run_at = ?, last_run_at = COALESCE(?, last_run_at), state = ?,
-                 version = version + 1
-             WHERE id = ?",
-        )
-        .bind(next_run_at.map(ms))
-        .bind(last_fired.map(ms))
-        .bind(state.as_str())
-        .bind(job.as_str())
-        .execute(&mut *self.0)
-        .await
-        .map_err(db_err)?;
+    async fn advance(&mut self, jobs: &[Advance]) -> Result<(), StoreError> {
+        for a in jobs {
+            sqlx::query(
+                "UPDATE jobs SET next_run_at = ?, last_run_at = COALESCE(?, last_run_at), state = ?,
+                     version = version + 1
+                 WHERE id = ?",
+            )
+            .bind(a.next_run_at.map(ms))
+            .bind(a.last_fired.map(ms))
+            .bind(a.state.as_str())
+            .bind(a.job.as_str())
+            .execute(&mut *self.0)
+            .await
+            .map_err(db_err)?;
+        }
         Ok(())
     }
 
