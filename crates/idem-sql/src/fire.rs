@@ -50,6 +50,7 @@ pub(crate) struct Advance {
 }
 
 /// What submitting one fire's task came to.
+#[allow(clippy::large_enum_variant)] // short-lived, one per fired slot
 pub(crate) enum FireSubmit {
     /// The task was made, or an earlier fire of the slot made it (a replay).
     Submitted(Submitted),
