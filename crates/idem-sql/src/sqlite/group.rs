@@ -1,6 +1,8 @@
 //! Group commit of single-task submissions: concurrent one-item `submit` calls (the single-task
 //! endpoint under many connections) are written by one task in one transaction, so they share one
-//! `BEGIN IMMEDIATE`, one commit and one disk flush instead of paying one each.
+//! `BEGIN IMMEDIATE`, one commit and one disk flush instead of paying one each, and are decided and
+//! written set-wise (`submit::submit_group`: a few statements for the group, not a few per
+//! submission). A lone keyless submission is one script (`tasks::submit_keyless_script`).
 //!
 //! Invariant: each submission gets exactly the answer a lone `submit` would give and nothing is
 //! acknowledged before its commit. A key conflict is decided before its submission writes anything,
@@ -13,8 +15,8 @@ use chrono::{DateTime, Utc};
 use idem_core::{NewTask, StoreError, Submitted, Wakeups};
 use tokio::sync::{mpsc, oneshot};
 
-use super::tasks;
 use super::writer::{self, Writer};
+use super::{submit, tasks};
 use crate::{db_err, wake};
 
 /// Submissions written in one transaction at most.
@@ -99,13 +101,9 @@ async fn write(
         }
     }
     let mut tx = writer::begin(&mut conn).await?;
-    let mut out = Vec::with_capacity(group.len());
-    for p in group.iter() {
-        match tasks::submit_one(&mut tx, p.task.clone(), p.now, 0).await {
-            r @ (Ok(_) | Err(StoreError::KeyConflict { .. })) => out.push(r),
-            Err(e) => return Err(e), // rolled back when `tx` drops
-        }
-    }
+    let items: Vec<_> = group.iter().map(|p| (&p.task, p.now)).collect();
+    // An error other than a key conflict rolls the group back when `tx` drops.
+    let out = submit::submit_group(&mut tx, &items).await?;
     tx.commit().await.map_err(db_err)?;
     Ok(out)
 }

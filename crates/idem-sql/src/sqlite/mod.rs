@@ -10,6 +10,7 @@ mod group;
 mod jobs;
 mod locks;
 mod rows;
+mod submit;
 mod tasks;
 mod writer;
 
