@@ -9,7 +9,7 @@ use idem_core::store::{Cas, ClaimRequest, JobFilter, Lease, PageRequest, TaskFil
 use idem_core::task::Idempotency;
 use idem_core::{
     ErrorInfo, Finish, FireOutcome, IdempotencyKey, JobId, JobState, QueueName, Store, StoreError,
-    TaskState, Trigger, WorkerId, WorkerInfo,
+    Submitted, TaskState, Trigger, WorkerId, WorkerInfo,
 };
 use serde_json::json;
 
@@ -1442,4 +1442,76 @@ pub async fn concurrent_single_submits_each_get_their_own_answer(store: S) {
         .await
         .unwrap();
     assert_eq!(page.items.len(), made + 1);
+}
+
+/// Concurrent one-task submissions (grouped by a store that groups them) each decide their key as
+/// a lone submission would: a stored live key replays its task, an expired one makes a new task
+/// that later submissions of the key replay, and a new key repeated among them makes one task.
+pub async fn concurrent_single_submits_replay_live_keys_and_renew_expired_ones(store: S) {
+    let now = t0();
+    let live = store
+        .submit(vec![keyed(task(now), "live", 3600.0)], now)
+        .await
+        .unwrap()
+        .remove(0)
+        .task;
+    let before = now - secs(20.0);
+    let old = store
+        .submit(vec![keyed(task(before), "old", 10.0)], before)
+        .await
+        .unwrap()
+        .remove(0)
+        .task;
+    let mut handles = Vec::new();
+    for i in 0..36 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let t = match i % 3 {
+                0 => keyed(task(now), "live", 3600.0),
+                1 => {
+                    let mut t = task(now);
+                    t.args = json!({"renewed": true});
+                    keyed(t, "old", 3600.0)
+                }
+                _ => keyed(task(now), "fresh", 3600.0),
+            };
+            (i, store.submit(vec![t], now).await.unwrap().remove(0))
+        }));
+    }
+    let mut by_kind: [Vec<Submitted>; 3] = Default::default();
+    for h in handles {
+        let (i, s) = h.await.unwrap();
+        by_kind[i % 3].push(s);
+    }
+    assert!(
+        by_kind[0]
+            .iter()
+            .all(|s| s.replayed && s.task.id == live.id),
+        "a live key replays its task"
+    );
+    for made in &by_kind[1..] {
+        assert_eq!(
+            made.iter().filter(|s| !s.replayed).count(),
+            1,
+            "one new task per key"
+        );
+        let ids: std::collections::HashSet<_> = made.iter().map(|s| s.task.id).collect();
+        assert_eq!(ids.len(), 1, "the others replay it");
+    }
+    assert_ne!(
+        by_kind[1][0].task.id, old.id,
+        "an expired key makes a new task"
+    );
+    assert_eq!(by_kind[1][0].task.args, json!({"renewed": true}));
+    let page = store
+        .list_tasks(
+            &TaskFilter::default(),
+            &PageRequest {
+                limit: 100,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 4);
 }

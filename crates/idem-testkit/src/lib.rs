@@ -49,6 +49,7 @@ macro_rules! store_conformance_tests {
             a_batch_of_hints_claims_each_runnable_task_once,
             a_group_of_outcomes_fences_each_item_alone,
             concurrent_single_submits_each_get_their_own_answer,
+            concurrent_single_submits_replay_live_keys_and_renew_expired_ones,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {

@@ -1,6 +1,8 @@
 //! Group commit of single-task submissions: concurrent one-item `submit` calls (the single-task
 //! endpoint under many connections) are written by one task in one transaction, so they share one
-//! `BEGIN IMMEDIATE`, one commit and one disk flush instead of paying one each.
+//! `BEGIN IMMEDIATE`, one commit and one disk flush instead of paying one each, and are decided and
+//! written set-wise (`submit::submit_group`: a few statements for the group, not a few per
+//! submission). A lone keyless submission is one script (`tasks::submit_keyless_script`).
 //!
 //! Invariant: each submission gets exactly the answer a lone `submit` would give and nothing is
 //! acknowledged before its commit. A key conflict is decided before its submission writes anything,
@@ -11,10 +13,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use idem_core::{NewTask, StoreError, Submitted, Wakeups};
-use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::tasks;
+use super::writer::{self, Writer};
+use super::{submit, tasks};
 use crate::{db_err, wake};
 
 /// Submissions written in one transaction at most.
@@ -34,7 +36,7 @@ pub(super) struct Submitter {
 
 impl Submitter {
     /// Starts the writing task (needs a Tokio runtime).
-    pub(super) fn start(writer: SqlitePool, wakeups: Arc<Wakeups>) -> Self {
+    pub(super) fn start(writer: Writer, wakeups: Arc<Wakeups>) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_GROUP);
         tokio::spawn(run(writer, wakeups, rx));
         Self { tx }
@@ -55,7 +57,7 @@ impl Submitter {
     }
 }
 
-async fn run(writer: SqlitePool, wakeups: Arc<Wakeups>, mut rx: mpsc::Receiver<Pending>) {
+async fn run(writer: Writer, wakeups: Arc<Wakeups>, mut rx: mpsc::Receiver<Pending>) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -88,17 +90,20 @@ async fn run(writer: SqlitePool, wakeups: Arc<Wakeups>, mut rx: mpsc::Receiver<P
 
 /// One transaction for the group; the outer error means nothing was written.
 async fn write(
-    writer: &SqlitePool,
+    writer: &Writer,
     group: &mut [Pending],
 ) -> Result<Vec<Result<Submitted, StoreError>>, StoreError> {
-    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
-    let mut out = Vec::with_capacity(group.len());
-    for p in group.iter() {
-        match tasks::submit_one(&mut tx, p.task.clone(), p.now, 0).await {
-            r @ (Ok(_) | Err(StoreError::KeyConflict { .. })) => out.push(r),
-            Err(e) => return Err(e), // rolled back when `tx` drops
+    let mut conn = writer.lock().await?;
+    if let [lone] = group {
+        if lone.task.idempotency.is_none() {
+            let s = tasks::submit_keyless_script(&mut conn, &lone.task, lone.now).await?;
+            return Ok(vec![Ok(s)]);
         }
     }
+    let mut tx = writer::begin(&mut conn).await?;
+    let items: Vec<_> = group.iter().map(|p| (&p.task, p.now)).collect();
+    // An error other than a key conflict rolls the group back when `tx` drops.
+    let out = submit::submit_group(&mut tx, &items).await?;
     tx.commit().await.map_err(db_err)?;
     Ok(out)
 }

@@ -35,7 +35,7 @@ impl Locks for SqliteStore {
         .bind(&token)
         .bind(now)
         .bind(millis(ttl))
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut **self.writer.lock().await.map_err(unavailable)?)
         .await
         .map_err(unavailable)?;
         Ok(fence.map(|(fence,)| LockLease {
@@ -54,7 +54,7 @@ impl Locks for SqliteStore {
         .bind(millis(ttl))
         .bind(&lease.name)
         .bind(&lease.token)
-        .execute(&self.writer)
+        .execute(&mut **self.writer.lock().await.map_err(unavailable)?)
         .await
         .map_err(unavailable)?;
         Ok(r.rows_affected() == 1)
@@ -68,7 +68,7 @@ impl Locks for SqliteStore {
         .bind(&lease.name)
         .bind(&lease.token)
         .bind(now)
-        .execute(&self.writer)
+        .execute(&mut **self.writer.lock().await.map_err(unavailable)?)
         .await
         .map_err(unavailable)?;
         Ok(r.rows_affected() == 1)

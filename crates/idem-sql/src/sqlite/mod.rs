@@ -10,7 +10,9 @@ mod group;
 mod jobs;
 mod locks;
 mod rows;
+mod submit;
 mod tasks;
+mod writer;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use idem_core::{
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
+use writer::Writer;
 
 use crate::db_err;
 use crate::wake::{self, Signal};
@@ -39,7 +42,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 #[derive(Clone)]
 pub struct SqliteStore {
     /// One connection: the queue of this process's write transactions.
-    writer: SqlitePool,
+    writer: Writer,
     /// Readers; WAL lets them run beside the writer.
     reader: SqlitePool,
     wakeups: Arc<Wakeups>,
@@ -66,14 +69,12 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(false);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(60))
-            .connect_with(opts.clone())
-            .await
-            .map_err(db_err)?;
+        let writer = Writer::connect(&opts).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
+            // An in-process connection has no other end that could have hung up: the pool's ping
+            // before each acquire would only cost a round trip to the connection's thread.
+            .test_before_acquire(false)
             .connect_with(opts.read_only(true))
             .await
             .map_err(db_err)?;
@@ -88,7 +89,7 @@ impl SqliteStore {
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR
-            .run(&self.writer)
+            .run(&mut **self.writer.lock().await?)
             .await
             .map_err(|e| StoreError::Unavailable(Box::new(e)))
     }
@@ -97,21 +98,19 @@ impl SqliteStore {
     /// their idle bound).
     async fn commit(
         &self,
-        tx: Transaction<'static, Sqlite>,
+        tx: Transaction<'_, Sqlite>,
         signals: &[Signal],
     ) -> Result<(), StoreError> {
         tx.commit().await.map_err(db_err)?;
-        for s in signals {
-            s.fire(&self.wakeups);
-        }
+        self.fire(signals);
         Ok(())
     }
 
-    async fn write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)
+    /// Fires `signals` in this process, after the commit that made them true.
+    fn fire(&self, signals: &[Signal]) {
+        for s in signals {
+            s.fire(&self.wakeups);
+        }
     }
 }
 
@@ -162,7 +161,8 @@ impl Store for SqliteStore {
     }
 
     async fn create_job(&self, job: Job, replace: bool) -> Result<Job, StoreError> {
-        let mut tx = self.write().await?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = writer::begin(&mut conn).await?;
         let out = jobs::create(&mut tx, job, replace).await?;
         self.commit(tx, &wake::after_job_write()).await?;
         Ok(out)
@@ -181,14 +181,16 @@ impl Store for SqliteStore {
     }
 
     async fn update_job(&self, job: Job, expected: i64) -> Result<Cas<Job>, StoreError> {
-        let mut tx = self.write().await?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = writer::begin(&mut conn).await?;
         let out = jobs::update(&mut tx, job, expected).await?;
         self.commit(tx, &wake::after_job_write()).await?;
         Ok(out)
     }
 
     async fn delete_job(&self, id: &JobId, expected: Option<i64>) -> Result<Cas<()>, StoreError> {
-        let mut tx = self.write().await?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = writer::begin(&mut conn).await?;
         let out = jobs::delete(&mut tx, id, expected).await?;
         self.commit(tx, &wake::after_job_write()).await?;
         Ok(out)
@@ -199,7 +201,8 @@ impl Store for SqliteStore {
     }
 
     async fn fire_due(&self, now: DateTime<Utc>, limit: u32) -> Result<FirePass, StoreError> {
-        let mut tx = self.write().await?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = writer::begin(&mut conn).await?;
         let pass = crate::fire::fire_due(&mut jobs::Fire(&mut tx), now, limit).await?;
         self.commit(tx, &wake::after_fire(&pass)).await?;
         Ok(pass)
@@ -221,7 +224,8 @@ impl Store for SqliteStore {
             let task = batch.into_iter().next().expect("one item");
             return Ok(vec![submitter.submit(task, now).await?]);
         }
-        let mut tx = self.write().await?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = writer::begin(&mut conn).await?;
         let mut out = Vec::with_capacity(batch.len());
         // Runs of tasks without keys go in with one statement each; a keyed task is decided alone,
         // in order, since a key may repeat one earlier in the batch.
@@ -256,14 +260,19 @@ impl Store for SqliteStore {
         id: TaskId,
         now: DateTime<Utc>,
     ) -> Result<Option<Task>, StoreError> {
-        let mut tx = self.write().await?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = writer::begin(&mut conn).await?;
         let out = tasks::cancel(&mut tx, id, now).await?;
         self.commit(tx, &wake::after_cancel(&out)).await?;
         Ok(out.map(|(t, _)| t))
     }
 
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Claim>, StoreError> {
-        let mut tx = self.write().await?;
+        let mut conn = self.writer.lock().await?;
+        if let [queue] = req.queues.as_slice() {
+            return tasks::claim_from_script(&mut conn, req, queue).await;
+        }
+        let mut tx = writer::begin(&mut conn).await?;
         let out = tasks::claim(&mut tx, req).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(out)
@@ -276,7 +285,8 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Option<Claim>, StoreError> {
-        let mut tx = self.write().await?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = writer::begin(&mut conn).await?;
         let out = tasks::claim_one(&mut tx, id, worker, now, lease_until).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(out)
@@ -290,7 +300,8 @@ impl Store for SqliteStore {
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<Claim>, StoreError> {
         // One transaction for the batch (promotion once, each hint an indexed update).
-        let mut tx = self.write().await?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = writer::begin(&mut conn).await?;
         let mut out: Vec<Claim> = Vec::with_capacity(ids.len());
         for id in ids {
             if out.iter().any(|c| c.task.id == *id) {
@@ -310,7 +321,8 @@ impl Store for SqliteStore {
         leases: &[Lease],
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<Lease>, StoreError> {
-        let mut tx = self.write().await?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = writer::begin(&mut conn).await?;
         let out = tasks::renew(&mut tx, worker, leases, lease_until).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(out)
@@ -322,9 +334,9 @@ impl Store for SqliteStore {
         finish: Finish,
         now: DateTime<Utc>,
     ) -> Result<Task, StoreError> {
-        let mut tx = self.write().await?;
-        let task = tasks::finish(&mut tx, lease, finish, now).await?;
-        self.commit(tx, &wake::after_finish([&task])).await?;
+        let mut conn = self.writer.lock().await?;
+        let task = tasks::finish_script(&mut conn, lease, finish, now).await?;
+        self.fire(&wake::after_finish([&task]));
         Ok(task)
     }
 
@@ -333,7 +345,17 @@ impl Store for SqliteStore {
         items: Vec<(Lease, Finish)>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
-        let mut tx = self.write().await?;
+        let mut conn = self.writer.lock().await?;
+        if items.len() == 1 {
+            let (lease, finish) = items.into_iter().next().expect("one item");
+            let out = match tasks::finish_script(&mut conn, lease, finish, now).await {
+                Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
+                r => r,
+            };
+            self.fire(&wake::after_finish(out.as_ref().ok()));
+            return Ok(vec![out]);
+        }
+        let mut tx = writer::begin(&mut conn).await?;
         let out = tasks::finish_many(&mut tx, items, now).await?;
         let signals = wake::after_finish(out.iter().filter_map(|r| r.as_ref().ok()));
         self.commit(tx, &signals).await?;
@@ -341,7 +363,8 @@ impl Store for SqliteStore {
     }
 
     async fn release(&self, lease: Lease, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let mut tx = self.write().await?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = writer::begin(&mut conn).await?;
         tasks::release(&mut tx, lease, now).await?;
         self.commit(tx, &wake::after_release()).await
     }
@@ -360,7 +383,8 @@ impl Store for SqliteStore {
         redeliver_before: DateTime<Utc>,
         mark: DateTime<Utc>,
     ) -> Result<Vec<Hint>, StoreError> {
-        let mut tx = self.write().await?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = writer::begin(&mut conn).await?;
         let out = tasks::take_for_dispatch(&mut tx, now, limit, redeliver_before, mark).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(out)
@@ -376,14 +400,16 @@ impl Store for SqliteStore {
         taken: DateTime<Utc>,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write().await?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = writer::begin(&mut conn).await?;
         tasks::mark_dispatched(&mut tx, ids, taken, at).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(())
     }
 
     async fn reap_leases(&self, now: DateTime<Utc>) -> Result<Vec<Reaped>, StoreError> {
-        let mut tx = self.write().await?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = writer::begin(&mut conn).await?;
         let out = tasks::reap(&mut tx, now).await?;
         self.commit(tx, &wake::after_reap(&out)).await?;
         Ok(out)
@@ -395,7 +421,7 @@ impl Store for SqliteStore {
              WHERE state IN ('scheduled', 'queued') AND expires_at IS NOT NULL AND expires_at <= ?1",
         )
         .bind(ms(now))
-        .execute(&self.writer)
+        .execute(&mut **self.writer.lock().await?)
         .await
         .map_err(db_err)?;
         for s in wake::after_expire(r.rows_affected()) {
@@ -409,7 +435,8 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         workers_before: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.write().await?;
+        let mut conn = self.writer.lock().await?;
+        let mut tx = writer::begin(&mut conn).await?;
         let keys = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= ?")
             .bind(ms(now))
             .execute(&mut *tx)
@@ -439,7 +466,7 @@ impl Store for SqliteStore {
         .bind(i64::from(info.running))
         .bind(ms(info.started_at))
         .bind(ms(info.last_heartbeat_at))
-        .execute(&self.writer)
+        .execute(&mut **self.writer.lock().await?)
         .await
         .map_err(db_err)?;
         Ok(())
@@ -448,7 +475,7 @@ impl Store for SqliteStore {
     async fn remove_worker(&self, id: &WorkerId) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM workers WHERE id = ?")
             .bind(&id.0)
-            .execute(&self.writer)
+            .execute(&mut **self.writer.lock().await?)
             .await
             .map_err(db_err)?;
         Ok(())

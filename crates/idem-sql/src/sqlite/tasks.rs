@@ -9,11 +9,57 @@ use idem_core::time::chrono_secs;
 use idem_core::{
     Claim, Finish, NewTask, QueueName, StoreError, Submitted, Task, TaskId, TaskState, WorkerId,
 };
+use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
+use super::writer::{Script, WriterConn};
 use super::{ms, queue_list, rows};
 use crate::db_err;
 use crate::outcome::{refused, Outcome};
+
+/// The lease of the best `?5` queued tasks of queue `?4` (`?1` now, `?2` worker, `?3` lease end):
+/// candidates and lease in one statement. A macro, so that scripts can `concat!` it.
+macro_rules! claim_from_sql {
+    () => {
+        "UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = ?1,
+             lease_owner = ?2, lease_expires_at = ?3
+         WHERE id IN (
+             SELECT id FROM tasks
+             WHERE state = 'queued' AND queue = ?4 AND (expires_at IS NULL OR expires_at > ?1)
+             ORDER BY priority DESC, run_at, id
+             LIMIT ?5)
+         RETURNING *"
+    };
+}
+
+/// Makes the scheduled and retrying tasks due at `?1` `queued` (a macro, as [`claim_from_sql`]).
+macro_rules! promote_sql {
+    () => {
+        "UPDATE tasks SET state = 'queued' WHERE state IN ('scheduled', 'retrying') AND run_at <= ?1"
+    };
+}
+
+/// Inserts one task (`?1`..`?13` as bound by `bind_insert`), returning it.
+macro_rules! insert_sql {
+    () => {
+        "INSERT INTO tasks (id, task, args, state, queue, priority, attempts, max_retries,
+             timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13)
+         RETURNING *"
+    };
+}
+
+/// Records an attempt's outcome, fenced on its attempt number (`?1`..`?8` as bound by
+/// `bind_finish`), returning the task.
+macro_rules! finish_sql {
+    () => {
+        "UPDATE tasks SET state = ?1, result = ?2, error_kind = ?3, error_message = ?4,
+             run_at = COALESCE(?5, run_at), finished_at = ?6, lease_owner = NULL,
+             lease_expires_at = NULL, dispatched_at = NULL
+         WHERE id = ?7 AND attempts = ?8 AND state = 'running'
+         RETURNING *"
+    };
+}
 
 /// Submits one task inside the caller's transaction: a live key with the same fingerprint replays
 /// its task, with another fingerprint refuses the batch; a new or expired key makes a new task.
@@ -71,34 +117,10 @@ pub(super) async fn insert(
     t: &NewTask,
     now: DateTime<Utc>,
 ) -> Result<Task, StoreError> {
-    let state = if t.run_at > now {
-        TaskState::Scheduled
-    } else {
-        TaskState::Queued
-    };
-    let row = sqlx::query(
-        "INSERT INTO tasks (id, task, args, state, queue, priority, attempts, max_retries,
-             timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)
-         RETURNING *",
-    )
-    .bind(t.id.to_string())
-    .bind(t.task.as_str())
-    .bind(t.args.to_string())
-    .bind(state.as_str())
-    .bind(t.queue.as_str())
-    .bind(i64::from(t.priority))
-    .bind(i64::from(t.max_retries))
-    .bind(t.timeout_seconds)
-    .bind(t.idempotency.as_ref().map(|i| i.key.as_str()))
-    .bind(t.job_id.as_ref().map(|j| j.as_str()))
-    .bind(ms(t.run_at))
-    .bind(ms(t.run_at))
-    .bind(t.expires_at.map(ms))
-    .bind(ms(now))
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(db_err)?;
+    let row = bind_insert(sqlx::query(insert_sql!()), t, now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
     if let Some(idem) = &t.idempotency {
         sqlx::query(
             "INSERT INTO idempotency_keys (key, fingerprint, task_id, expires_at) VALUES (?, ?, ?, ?)
@@ -114,6 +136,46 @@ pub(super) async fn insert(
         .map_err(db_err)?;
     }
     rows::task(&row)
+}
+
+fn bind_insert<'q>(q: Script<'q>, t: &'q NewTask, now: DateTime<Utc>) -> Script<'q> {
+    let state = if t.run_at > now {
+        TaskState::Scheduled
+    } else {
+        TaskState::Queued
+    };
+    q.bind(t.id.to_string())
+        .bind(t.task.as_str())
+        .bind(t.args.to_string())
+        .bind(state.as_str())
+        .bind(t.queue.as_str())
+        .bind(i64::from(t.priority))
+        .bind(i64::from(t.max_retries))
+        .bind(t.timeout_seconds)
+        .bind(t.idempotency.as_ref().map(|i| i.key.as_str()))
+        .bind(t.job_id.as_ref().map(|j| j.as_str()))
+        .bind(ms(t.run_at))
+        .bind(t.expires_at.map(ms))
+        .bind(ms(now))
+}
+
+/// A keyless task as one script: the insert and the commit in one round trip to the writer's
+/// thread (the whole transaction of a lone keyless `submit`).
+pub(super) async fn submit_keyless_script(
+    w: &mut WriterConn,
+    t: &NewTask,
+    now: DateTime<Utc>,
+) -> Result<Submitted, StoreError> {
+    debug_assert!(t.idempotency.is_none());
+    const SCRIPT: &str = concat!("BEGIN IMMEDIATE;\n", insert_sql!(), ";\nCOMMIT");
+    let rows = w.transact(bind_insert(sqlx::query(SCRIPT), t, now)).await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| StoreError::Corrupt(format!("task {} was not inserted", t.id)))?;
+    Ok(Submitted {
+        task: rows::task(row)?,
+        replayed: false,
+    })
 }
 
 pub(super) async fn get<'e, E>(ex: E, id: TaskId) -> Result<Option<Task>, StoreError>
@@ -201,13 +263,11 @@ pub(super) async fn promote(
     tx: &mut SqliteConnection,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE tasks SET state = 'queued' WHERE state IN ('scheduled', 'retrying') AND run_at <= ?",
-    )
-    .bind(ms(now))
-    .execute(&mut *tx)
-    .await
-    .map_err(db_err)?;
+    sqlx::query(promote_sql!())
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
     Ok(())
 }
 
@@ -277,31 +337,49 @@ pub(super) async fn claim(
     Ok(claims)
 }
 
+fn bind_claim_from<'q>(q: Script<'q>, req: &'q ClaimRequest, queue: &'q QueueName) -> Script<'q> {
+    q.bind(ms(req.now))
+        .bind(&req.worker.0)
+        .bind(ms(req.lease_until))
+        .bind(queue.as_str())
+        .bind(i64::from(req.limit))
+}
+
 /// The claim from one queue: candidates and lease in one statement.
 async fn claim_from(
     tx: &mut SqliteConnection,
     req: &ClaimRequest,
     queue: &QueueName,
 ) -> Result<Vec<Claim>, StoreError> {
-    let rows = sqlx::query(
-        "UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = ?1,
-             lease_owner = ?2, lease_expires_at = ?3
-         WHERE id IN (
-             SELECT id FROM tasks
-             WHERE state = 'queued' AND queue = ?4 AND (expires_at IS NULL OR expires_at > ?1)
-             ORDER BY priority DESC, run_at, id
-             LIMIT ?5)
-         RETURNING *",
-    )
-    .bind(ms(req.now))
-    .bind(&req.worker.0)
-    .bind(ms(req.lease_until))
-    .bind(queue.as_str())
-    .bind(i64::from(req.limit))
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    // RETURNING has no order; hand them out in the index's order.
+    let rows = bind_claim_from(sqlx::query(claim_from_sql!()), req, queue)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    in_claim_order(&rows, req)
+}
+
+/// The claim from one queue as one script: the promotion of due tasks, the claim and the commit
+/// in one round trip to the writer's thread (the whole transaction of [`claim`] for one queue).
+pub(super) async fn claim_from_script(
+    w: &mut WriterConn,
+    req: &ClaimRequest,
+    queue: &QueueName,
+) -> Result<Vec<Claim>, StoreError> {
+    const SCRIPT: &str = concat!(
+        "BEGIN IMMEDIATE;\n",
+        promote_sql!(),
+        ";\n",
+        claim_from_sql!(),
+        ";\nCOMMIT"
+    );
+    let rows = w
+        .transact(bind_claim_from(sqlx::query(SCRIPT), req, queue))
+        .await?;
+    in_claim_order(&rows, req)
+}
+
+/// Claims from the rows their claim returned, in the index's order (RETURNING has none).
+fn in_claim_order(rows: &[SqliteRow], req: &ClaimRequest) -> Result<Vec<Claim>, StoreError> {
     let mut keyed = rows
         .iter()
         .map(|row| {
@@ -389,29 +467,49 @@ pub(super) async fn finish(
     now: DateTime<Utc>,
 ) -> Result<Task, StoreError> {
     let o = Outcome::of(&finish, now);
-    let row = sqlx::query(
-        "UPDATE tasks SET state = ?, result = ?, error_kind = ?, error_message = ?,
-             run_at = COALESCE(?, run_at), finished_at = ?, lease_owner = NULL,
-             lease_expires_at = NULL, dispatched_at = NULL
-         WHERE id = ? AND attempts = ? AND state = 'running'
-         RETURNING *",
-    )
-    .bind(o.state.as_str())
-    .bind(o.result.map(|v| v.to_string()))
-    .bind(o.error.map(|e| e.kind.as_str()))
-    .bind(o.error.map(|e| e.message.as_str()))
-    .bind(o.run_at.map(ms))
-    .bind(o.finished_at.map(ms))
-    .bind(lease.task_id.to_string())
-    .bind(i64::from(lease.attempt))
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(db_err)?;
+    let row = bind_finish(sqlx::query(finish_sql!()), lease, &o)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
     match row {
         Some(r) => rows::task(&r),
         None => Err(refused(
             lease,
             get(&mut *tx, lease.task_id).await?.is_some(),
+        )),
+    }
+}
+
+fn bind_finish<'q>(q: Script<'q>, lease: Lease, o: &Outcome<'q>) -> Script<'q> {
+    q.bind(o.state.as_str())
+        .bind(o.result.map(|v| v.to_string()))
+        .bind(o.error.map(|e| e.kind.as_str()))
+        .bind(o.error.map(|e| e.message.as_str()))
+        .bind(o.run_at.map(ms))
+        .bind(o.finished_at.map(ms))
+        .bind(lease.task_id.to_string())
+        .bind(i64::from(lease.attempt))
+}
+
+/// [`finish`] as one script: the fenced update and the commit in one round trip to the writer's
+/// thread (the whole transaction of a lone `finish`). A refusal is explained after the commit,
+/// from the committed row (nothing was written for it either way).
+pub(super) async fn finish_script(
+    w: &mut WriterConn,
+    lease: Lease,
+    finish: Finish,
+    now: DateTime<Utc>,
+) -> Result<Task, StoreError> {
+    const SCRIPT: &str = concat!("BEGIN IMMEDIATE;\n", finish_sql!(), ";\nCOMMIT");
+    let o = Outcome::of(&finish, now);
+    let rows = w
+        .transact(bind_finish(sqlx::query(SCRIPT), lease, &o))
+        .await?;
+    match rows.first() {
+        Some(r) => rows::task(r),
+        None => Err(refused(
+            lease,
+            get(&mut **w, lease.task_id).await?.is_some(),
         )),
     }
 }
