@@ -968,6 +968,54 @@ pub async fn a_fire_whose_key_holds_its_own_request_replays_that_task(store: S) 
     assert_eq!(job.next_run_at, Some(start + secs(10.0)));
 }
 
+pub async fn a_slot_finer_than_the_store_keeps_fires_once(store: S) {
+    // A start with nanoseconds: the store keeps a coarser time, and the guard must still know the
+    // slot it inserted (else the slot is recorded with no task made for it).
+    let start = t0() + chrono::Duration::nanoseconds(1_234_567);
+    store
+        .create_job(interval_job("fine-grained", 10.0, start), false)
+        .await
+        .unwrap();
+    let pass = store.fire_due(start + secs(1.0), 10).await.unwrap();
+    assert_eq!(pass.fires.len(), 1, "{pass:?}");
+    assert_eq!(pass.fires[0].outcome, FireOutcome::Fired);
+    let task = pass.fires[0].task_id.expect("the fire names its task");
+    assert!(
+        store.get_task(task).await.unwrap().is_some(),
+        "the task was made"
+    );
+    let pass = store.fire_due(start + secs(2.0), 10).await.unwrap();
+    assert!(pass.fires.is_empty(), "the slot fires once: {pass:?}");
+}
+
+pub async fn slots_closer_than_their_keys_share_one_task(store: S) {
+    // Slots 0.5 ms apart: a fire's key names its slot to the millisecond, so two slots share a
+    // key, and the later replays the earlier's task instead of failing the pass.
+    let start = t0();
+    store
+        .create_job(interval_job("sub-ms", 0.0005, start), false)
+        .await
+        .unwrap();
+    let pass = store
+        .fire_due(start + chrono::Duration::microseconds(1_600), 10)
+        .await
+        .unwrap();
+    // How many slots are rows depends on the store's time precision (SQLite keeps milliseconds);
+    // one task per key holds on every store.
+    assert!(pass.fires.len() >= 2, "{pass:?}");
+    assert!(pass.fires.iter().all(|f| f.outcome == FireOutcome::Fired));
+    let keys: HashSet<_> = pass
+        .fires
+        .iter()
+        .map(|f| IdempotencyKey::for_fire(&f.job_id, f.scheduled_at))
+        .collect();
+    let tasks: HashSet<_> = pass.fires.iter().map(|f| f.task_id.unwrap()).collect();
+    assert_eq!(tasks.len(), keys.len(), "one task per key: {pass:?}");
+    for t in tasks {
+        assert!(store.get_task(t).await.unwrap().is_some());
+    }
+}
+
 pub async fn a_pass_fires_a_full_batch_with_catch_up_slots_and_the_rest_next(store: S) {
     let start = t0();
     // 300 jobs, each three slots behind (no coalescing): a 256-job call fires 768 slots and leaves

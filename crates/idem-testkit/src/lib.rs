@@ -41,6 +41,8 @@ macro_rules! store_conformance_tests {
             a_fire_whose_key_is_taken_is_recorded_and_the_other_jobs_fire,
             a_fire_whose_key_holds_its_own_request_replays_that_task,
             a_pass_fires_a_full_batch_with_catch_up_slots_and_the_rest_next,
+            a_slot_finer_than_the_store_keeps_fires_once,
+            slots_closer_than_their_keys_share_one_task,
             a_job_with_an_invalid_trigger_is_quarantined_and_the_others_fire,
             job_writes_are_compare_and_set_on_the_version,
             workers_report_heartbeats,

@@ -292,10 +292,17 @@ impl FireSteps for Fire<'_> {
         .fetch_all(&mut *self.0)
         .await
         .map_err(db_err)?;
-        let fresh: HashSet<(String, DateTime<Utc>)> = fresh.into_iter().collect();
+        // Matched on whole microseconds: the bound times reach the table truncated to PostgreSQL's
+        // precision, and a slot with nanoseconds must still be found as the one inserted. Two
+        // slots that truncate alike are one row: only the first is this call's (the later one is a
+        // slot already recorded, as it would be in a later statement).
+        let mut fresh: HashSet<(String, i64)> = fresh
+            .into_iter()
+            .map(|(job, at)| (job, at.timestamp_micros()))
+            .collect();
         Ok(slots
             .iter()
-            .map(|s| fresh.contains(&(s.job.as_str().to_owned(), s.at)))
+            .map(|s| fresh.remove(&(s.job.as_str().to_owned(), s.at.timestamp_micros())))
             .collect())
     }
 

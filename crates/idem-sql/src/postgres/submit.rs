@@ -123,13 +123,16 @@ pub(super) async fn submit_fires(
         .filter_map(|t| t.idempotency.as_ref().map(|i| (i, t.id)))
         .collect();
     keyed.sort_by(|a, b| a.0.key.as_str().cmp(b.0.key.as_str()));
+    // One statement may not touch a key twice; a key repeated in the pass (slots closer together
+    // than the key's milliseconds) is claimed by its first task, and the later one replays it below.
+    keyed.dedup_by(|later, first| later.0.key == first.0.key);
     let claimed: Vec<(String,)> = sqlx::query_as(
         "INSERT INTO idempotency_keys (key, fingerprint, task_id, expires_at)
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
          ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint,
              task_id = excluded.task_id, expires_at = excluded.expires_at
          WHERE idempotency_keys.expires_at <= $5
-         RETURNING key",
+         RETURNING task_id",
     )
     .bind(
         keyed
@@ -159,12 +162,9 @@ pub(super) async fn submit_fires(
     .fetch_all(&mut *tx)
     .await
     .map_err(db_err)?;
-    let claimed: HashSet<String> = claimed.into_iter().map(|(k,)| k).collect();
-    let is_claimed = |t: &NewTask| {
-        t.idempotency
-            .as_ref()
-            .is_some_and(|i| claimed.contains(i.key.as_str()))
-    };
+    // The tasks whose key this statement claimed for them.
+    let claimed: HashSet<String> = claimed.into_iter().map(|(id,)| id).collect();
+    let is_claimed = |t: &NewTask| t.idempotency.is_some() && claimed.contains(&t.id.to_string());
     let n = tasks.len();
     let (fresh, rest): (Vec<_>, Vec<_>) = tasks
         .into_iter()
