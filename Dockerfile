@@ -1,10 +1,9 @@
-# syntax=docker/dockerfile:1
-#
 # The idem image: one binary, every role. `docker build -t idem:local .` from the repository root.
 #
 #   docker run --rm -p 127.0.0.1:8000:8000 -v idem-data:/data \
 #     -e IDEM_INSECURE_NO_AUTH=true idem:local            # `idem serve` on SQLite at /data/idem.db
-#   docker run --rm idem:local worker                     # any other role: api, scheduler, worker, migrate
+#   docker run --rm -e IDEM_BIND=127.0.0.1:8000 -e IDEM_OPS_BIND=0.0.0.0:9464 \
+#     -e IDEM_DATABASE_URL=postgres://... idem:local worker   # any role: api, scheduler, worker, migrate
 #
 # The build's only RUN step in the builder stage is `cargo build --release --locked -p idem`, the
 # same command CI runs outside Docker (deploy/check.sh prints it from this file and checks that).
@@ -14,7 +13,8 @@ FROM rust:1-bookworm AS builder
 WORKDIR /src
 # The build context is filtered by .dockerignore (no target/, no .git).
 COPY . .
-# The cache mounts keep downloaded crates between builds; they hold nothing the image needs.
+# The cache mounts (BuildKit, Docker's default builder since 23.0) keep downloaded crates between
+# builds; they hold nothing the image needs.
 # SQLite is compiled in (libsqlite3-sys "bundled") and TLS is rustls, so the runtime stage needs
 # no -dev packages and no OpenSSL.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -561,12 +561,12 @@ print(f"ok: runtime stage FROM {runtime['from']} runs as USER {users[-1]} (non-r
 PY
 BUILD_CMD="$(cat "$TMP/build-command")"
 echo "The Dockerfile's builder RUN step is: $BUILD_CMD"
-echo "It is the same command CI runs outside Docker to build the release binary ($CI_BUILD_COMMAND):"
-echo "the image's binary is built exactly as CI builds it, from the same Cargo.lock (--locked)."
+echo "It is the same command CI runs outside Docker to build the release binary: the image's"
+echo "binary is built exactly as CI builds it, from the same Cargo.lock (--locked)."
 if grep -qF -- "$CI_BUILD_COMMAND" .ci/run 2>/dev/null; then
-  ok ".ci/run contains \`$CI_BUILD_COMMAND\`"
+  ok ".ci/run runs \`$CI_BUILD_COMMAND\`"
 else
-  warn ".ci/run does not contain \`$CI_BUILD_COMMAND\` (yet): CI builds the binary with its own cargo commands"
+  warn ".ci/run does not contain \`$CI_BUILD_COMMAND\` yet (it builds with plain cargo test/clippy)"
 fi
 # The runtime stage's RUN steps use Debian bookworm's packages; this machine's apt (where its lists
 # are present) says whether they exist.
