@@ -5,7 +5,8 @@
 //! - at most one reconnect attempt is in flight (the state lock is held while connecting), and after a
 //!   failed attempt the next waits out a 250 ms–5 s exponential backoff; calls made meanwhile fail
 //!   fast with `Unavailable` instead of spinning on the broker;
-//! - an outage is logged once: a warning when the loss is first seen, an info line on recovery.
+//! - an outage is logged once: a warning when the loss is first seen, an info line on recovery
+//!   (counted in `idem_dependency_reconnects_total{dependency="broker"}`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,6 +129,8 @@ impl Link {
                 state.outage = false;
                 state.backoff.reset();
                 tracing::info!("AMQP connection re-established");
+                metrics::counter!(idem_core::metrics::DEPENDENCY_RECONNECTS_TOTAL, "dependency" => "broker")
+                    .increment(1);
                 Ok(state.session.clone())
             }
             Err(e) => {

@@ -6,17 +6,19 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::Json;
+use idem_core::Store;
 use serde::Serialize;
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::error::Elapsed;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, Problem};
-use crate::AppState;
+use crate::{AppState, Probe};
 
 /// How long one component may take to answer a readiness check.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -68,6 +70,30 @@ fn answer(joined: Result<Result<Result<(), String>, Elapsed>, JoinError>) -> Str
     }
 }
 
+/// Checks the store and every probe concurrently, each bounded by [`CHECK_TIMEOUT`]: each
+/// component's name and its answer (`ok`, or why not). The readiness answer and the dependency
+/// gauges ([`crate::dependencies`]) are both made from this.
+pub(crate) async fn check_all(
+    store: &Arc<dyn Store>,
+    probes: &[Arc<dyn Probe>],
+) -> BTreeMap<&'static str, String> {
+    let store = store.clone();
+    let mut pending = vec![(
+        "store",
+        start(async move { store.ping().await.map_err(|e| e.to_string()) }),
+    )];
+    for probe in probes {
+        let probe = probe.clone();
+        let name = probe.name();
+        pending.push((name, start(async move { probe.check().await })));
+    }
+    let mut checks = BTreeMap::new();
+    for (name, handle) in pending {
+        checks.insert(name, answer(handle.await));
+    }
+    checks
+}
+
 /// Readiness: 200 when the store and every configured dependency (broker, Redis) answer.
 #[utoipa::path(
     get, path = "/health/ready", tag = "health",
@@ -77,20 +103,11 @@ fn answer(joined: Result<Result<Result<(), String>, Elapsed>, JoinError>) -> Str
     )
 )]
 pub async fn ready(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
-    let store = st.store.clone();
-    let mut pending = vec![(
-        "store",
-        start(async move { store.ping().await.map_err(|e| e.to_string()) }),
-    )];
-    for probe in &st.probes {
-        let probe = probe.clone();
-        let name = probe.name();
-        pending.push((name, start(async move { probe.check().await })));
-    }
-    let mut checks = BTreeMap::new();
-    for (name, handle) in pending {
-        checks.insert(name.to_owned(), answer(handle.await));
-    }
+    let checks: BTreeMap<String, String> = check_all(&st.store, &st.probes)
+        .await
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     let failing: Vec<&str> = checks
         .iter()
         .filter(|(_, v)| v.as_str() != "ok")

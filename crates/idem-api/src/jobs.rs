@@ -516,7 +516,7 @@ pub async fn run(
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::internal("submit returned no task"))?;
-    crate::metrics::count_submission(&first.task.task, first.replayed);
+    crate::metrics::count_submissions([(&first.task.task, first.replayed)]);
     Ok((StatusCode::ACCEPTED, Json(first.task)))
 }
 

@@ -1,11 +1,13 @@
 //! idem's HTTP API: jobs, tasks, workers, health, metrics, OpenAPI and `/docs`,
-//! as one axum [`Router`] over a [`Store`].
+//! as one axum [`Router`] over a [`Store`]; and the operations listener's [`ops_router`] (health and
+//! metrics only) with the dependency checks behind `idem_dependency_up`.
 //!
 //! Invariants: the store is the only way to data (the API keeps no state of its own beyond metrics);
 //! every answer that is not a success is `application/problem+json` ([`ApiError`]), including
 //! malformed bodies, unknown routes and wrong methods; no input makes a handler panic.
 
 mod deadline;
+pub mod dependencies;
 mod docs;
 mod error;
 mod extract;
@@ -30,6 +32,7 @@ use axum::Router;
 use idem_core::{Registry, Store};
 use tower_http::trace::TraceLayer;
 
+pub use dependencies::DependencyWatch;
 pub use docs::openapi;
 pub use error::{ApiError, FieldError, Problem};
 
@@ -89,6 +92,9 @@ impl AppState {
 /// `/openapi.json` and `/docs`.
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
+    if state.metrics.is_some() {
+        metrics::register(&state.registry);
+    }
     Router::new()
         .route("/api/v1/jobs", post(jobs::create).get(jobs::list))
         .route(
@@ -127,5 +133,22 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(extract::BodyLimit(limit)))
         .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The operations listener (`IDEM_OPS_BIND`): `/health`, `/health/live`, `/health/ready` and
+/// `/metrics` with `state` applied — the API's handlers and probes, and nothing else. It serves no
+/// data beyond health and metrics, so it needs no API keys; its `/metrics` does not read the store
+/// (the store-read gauges are the API's). Every other path is a 404 problem.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(metrics::render_process))
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .fallback(error::not_found)
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(error::ensure_problem))
         .with_state(state)
 }

@@ -175,12 +175,11 @@ async fn store_all(
 ) -> Result<Vec<Submitted>, ApiError> {
     match st.store.submit(tasks, now).await {
         Ok(out) => {
-            for s in &out {
-                crate::metrics::count_submission(&s.task.task, s.replayed);
-            }
+            crate::metrics::count_submissions(out.iter().map(|s| (&s.task.task, s.replayed)));
             Ok(out)
         }
         Err(StoreError::KeyConflict { index, key }) => {
+            crate::metrics::count_key_conflict();
             Err(ApiError::key_reused(field_of(index), &key))
         }
         Err(e) => Err(e.into()),
@@ -223,7 +222,7 @@ pub async fn submit(
     c.finish()?;
     let task = task.ok_or_else(|| ApiError::internal("a valid submission built no task"))?;
     if let Some(replay) = cached_replay(&st, &task).await {
-        crate::metrics::count_submission(&replay.task, true);
+        crate::metrics::count_submissions([(&replay.task, true)]);
         return Ok(([(IDEMPOTENT_REPLAYED, "true")], Json(replay)).into_response());
     }
     let idempotency = task.idempotency.clone();

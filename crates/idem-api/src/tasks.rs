@@ -188,11 +188,16 @@ pub async fn cancel(
 ) -> Result<Json<Task>, ApiError> {
     let id = task_id(&raw)?;
     let now = st.store.now().await?;
-    st.store
+    let task = st
+        .store
         .cancel_task(id, now)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("task {id} not found")))
+        .ok_or_else(|| ApiError::not_found(format!("task {id} not found")))?;
+    // A task that was already final comes back unchanged; one this call cancelled finished now.
+    if task.state == TaskState::Cancelled && task.finished_at == Some(now) {
+        crate::metrics::count_cancel();
+    }
+    Ok(Json(task))
 }
 
 /// Lists tasks, oldest first, a page at a time.

@@ -67,7 +67,7 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Completion>, bound: D
                 Err(_) => break,
             }
         }
-        metrics::histogram!("idem_completion_group_size").record(group.len() as f64);
+        metrics::histogram!(crate::metrics::COMPLETION_GROUP_SIZE).record(group.len() as f64);
         let items = group.iter().map(|c| (c.lease, c.finish.clone())).collect();
         let write = async {
             let now = match store.now().await {

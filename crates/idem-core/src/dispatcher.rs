@@ -87,7 +87,7 @@ impl Dispatcher {
         // If this fails, the provisional mark stands: a duplicate message after the publish
         // lease, which the worker's claim drops.
         let _ = self.store.mark_dispatched(&ids, mark, confirmed).await;
-        metrics::counter!("idem_dispatched_total").increment(hints.len() as u64);
+        metrics::counter!(crate::metrics::DISPATCHED_TOTAL).increment(hints.len() as u64);
         Ok(hints.len())
     }
 

@@ -136,6 +136,14 @@ pub enum FireOutcome {
 }
 
 impl FireOutcome {
+    /// Every outcome.
+    pub const ALL: [FireOutcome; 4] = [
+        FireOutcome::Fired,
+        FireOutcome::Missed,
+        FireOutcome::SkippedOverlap,
+        FireOutcome::KeyConflict,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FireOutcome::Fired => "fired",

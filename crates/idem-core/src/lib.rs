@@ -12,6 +12,7 @@ pub mod ids;
 pub mod job;
 pub mod locks;
 pub mod maintenance;
+pub mod metrics;
 pub mod retry;
 pub mod scheduler;
 pub mod store;

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::locks::{LockLease, Locks};
+use crate::metrics as m;
 use crate::store::{Reaped, Store, StoreError};
 
 /// A worker silent this long is dropped from `GET /api/v1/workers`.
@@ -26,6 +27,9 @@ pub struct Maintenance {
 
 /// The name of the leader lease.
 pub const LEADER_LOCK: &str = "maintenance-leader";
+
+/// The `lock` label of the leader lease's series (its role, not its key).
+pub const LEADER_LOCK_LABEL: &str = "maintenance";
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -66,10 +70,12 @@ impl Maintenance {
                 Ok(false) => {
                     tracing::warn!(term = held.fence, "lost the maintenance leader lease");
                     *lease = None;
+                    lost_leadership();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot extend the maintenance leader lease");
                     *lease = None;
+                    lost_leadership();
                     return false;
                 }
             }
@@ -80,11 +86,14 @@ impl Maintenance {
             Ok(None) => "contended",
             Err(_) => "error",
         };
-        metrics::counter!("idem_lock_acquisitions_total", "lock" => LEADER_LOCK, "outcome" => outcome)
+        metrics::counter!(m::LOCK_ACQUISITIONS_TOTAL, "lock" => LEADER_LOCK_LABEL, "outcome" => outcome)
             .increment(1);
         match acquired {
             Ok(Some(l)) => {
                 tracing::info!(term = l.fence, "leading maintenance");
+                metrics::gauge!(m::LEADER, "lock" => LEADER_LOCK_LABEL).set(1.0);
+                // A fence is a counter far below 2^53: exact as a float.
+                metrics::gauge!(m::LEADER_TERM, "lock" => LEADER_LOCK_LABEL).set(l.fence as f64);
                 *lease = Some(l);
                 true
             }
@@ -101,9 +110,9 @@ impl Maintenance {
         for r in &reaped {
             tracing::warn!(task_id = %r.task_id, state = r.state.as_str(), "lease expired; task reaped");
         }
-        metrics::counter!("idem_leases_reaped_total").increment(reaped.len() as u64);
+        metrics::counter!(m::LEASES_REAPED_TOTAL).increment(reaped.len() as u64);
         let expired = self.store.expire_tasks(now).await?;
-        metrics::counter!("idem_tasks_expired_total").increment(expired);
+        metrics::counter!(m::TASKS_EXPIRED_TOTAL).increment(expired);
         let pruned = self.store.prune(now, now - WORKER_FORGET_AFTER).await?;
         Ok(Pass {
             reaped,
@@ -113,6 +122,7 @@ impl Maintenance {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
+        self.register_series();
         let mut lease = None;
         // A fixed period, not a sleep after each pass: the pass's own duration must not add to the
         // time a dead worker's task waits after its lease expired (at most the lease plus `every`).
@@ -138,6 +148,31 @@ impl Maintenance {
         }
         if let (Some(locks), Some(l)) = (&self.locks, &lease) {
             let _ = locks.release(l).await;
+            metrics::gauge!(m::LEADER, "lock" => LEADER_LOCK_LABEL).set(0.0);
+            metrics::gauge!(m::LEADER_TERM, "lock" => LEADER_LOCK_LABEL).set(0.0);
         }
     }
+
+    /// Exports this service's series at 0 before anything happens.
+    fn register_series(&self) {
+        metrics::counter!(m::LEASES_REAPED_TOTAL).increment(0);
+        metrics::counter!(m::TASKS_EXPIRED_TOTAL).increment(0);
+        if self.locks.is_some() {
+            for outcome in m::LOCK_OUTCOMES {
+                metrics::counter!(m::LOCK_ACQUISITIONS_TOTAL, "lock" => LEADER_LOCK_LABEL, "outcome" => outcome)
+                    .increment(0);
+            }
+            metrics::counter!(m::LOCK_LEASES_LOST_TOTAL, "lock" => LEADER_LOCK_LABEL).increment(0);
+            // Registered without a value: another instance in this process may lead.
+            metrics::gauge!(m::LEADER, "lock" => LEADER_LOCK_LABEL).increment(0.0);
+            metrics::gauge!(m::LEADER_TERM, "lock" => LEADER_LOCK_LABEL).increment(0.0);
+        }
+    }
+}
+
+/// Records the loss of the leader lease this process held.
+fn lost_leadership() {
+    metrics::counter!(m::LOCK_LEASES_LOST_TOTAL, "lock" => LEADER_LOCK_LABEL).increment(1);
+    metrics::gauge!(m::LEADER, "lock" => LEADER_LOCK_LABEL).set(0.0);
+    metrics::gauge!(m::LEADER_TERM, "lock" => LEADER_LOCK_LABEL).set(0.0);
 }

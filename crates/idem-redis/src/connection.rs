@@ -4,7 +4,8 @@
 //! Invariants: every key is `{key_prefix}{kind}:{name}`; every call answers within
 //! [`OPERATION_TIMEOUT`] with a value or `LockError::Unavailable`, also while Redis is down — the
 //! `ConnectionManager` reconnects in the background and later calls succeed once Redis is back; a
-//! lost connection is logged once (warn) and its recovery once (info).
+//! lost connection is logged once (warn) and its recovery once (info, and counted in
+//! `idem_dependency_reconnects_total{dependency="redis"}`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,6 +133,8 @@ impl RedisLocks {
             Ok(Ok(value)) => {
                 if !self.reachable.swap(true, Ordering::Relaxed) {
                     tracing::info!("Redis connection recovered");
+                    metrics::counter!(idem_core::metrics::DEPENDENCY_RECONNECTS_TOTAL, "dependency" => "redis")
+                        .increment(1);
                 }
                 Ok(value)
             }

@@ -2,7 +2,8 @@
 //! command asks for (API, scheduler, worker, maintenance) under one shutdown token.
 //!
 //! Invariant: every background service runs on the returned `Running`'s tracker, so `wait` returns
-//! only after each has stopped (workers drain or hand back their tasks first).
+//! only after each has stopped (workers drain or hand back their tasks first); both listeners are
+//! bound before anything starts, so a listener that cannot bind starts nothing.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -12,10 +13,11 @@ use idem_core::broker::Broker;
 use idem_core::dispatcher::Dispatcher;
 use idem_core::locks::{IdempotencyCache, Locks};
 use idem_core::maintenance::Maintenance;
+use idem_core::metrics as m;
 use idem_core::scheduler::Scheduler;
 use idem_core::worker::{Worker, WorkerConfig};
 use idem_core::{Registry, Store};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -57,6 +59,20 @@ impl Roles {
                 scheduler: false,
                 worker: false,
             },
+        }
+    }
+
+    /// The `role` label of `idem_build_info`: the command that runs these roles.
+    pub fn name(self) -> &'static str {
+        match (self.api, self.scheduler, self.worker) {
+            (true, true, true) => "serve",
+            (true, false, false) => "api",
+            (false, true, false) => "scheduler",
+            (false, false, true) => "worker",
+            (true, true, false) => "api+scheduler",
+            (true, false, true) => "api+worker",
+            (false, true, true) => "scheduler+worker",
+            (false, false, false) => "none",
         }
     }
 }
@@ -169,25 +185,48 @@ pub fn builtin_registry(cfg: &Config) -> Registry {
     registry
 }
 
-/// The process-wide Prometheus recorder (installed once, shared by every app in the process).
+/// The process-wide Prometheus recorder (installed once, shared by every app in the process), with
+/// every metric of the catalogue described.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            const LATENCY: &[f64] = &[
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                60.0, 300.0,
-            ];
             let recorder = PrometheusBuilder::new()
-                .set_buckets(LATENCY)
+                .set_buckets(m::DURATION_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_size".into()), m::SIZE_BUCKETS)
+                })
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (a host application's); then ours only renders.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                m::describe();
+            }
             handle
         })
         .clone()
+}
+
+/// Exports the process's own series: `idem_build_info`, and at 0 the counters of events that may
+/// happen in any role (publishes from the outbox, reconnects of each configured dependency).
+fn register_process_series(cfg: &Config, roles: Roles) {
+    metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "role" => roles.name())
+        .set(1.0);
+    // Also without a broker (then it stays 0), so dashboards find the series in every mode.
+    metrics::counter!(m::DISPATCHED_TOTAL).increment(0);
+    for (dependency, configured) in [
+        ("broker", cfg.broker.is_some()),
+        ("redis", cfg.redis.is_some()),
+    ] {
+        if configured {
+            metrics::counter!(m::DEPENDENCY_RECONNECTS_TOTAL, "dependency" => dependency)
+                .increment(0);
+        }
+    }
+    if roles.api && matches!(cfg.store, StoreUrl::Sqlite(_)) {
+        let _ = metrics::histogram!(m::SUBMIT_GROUP_SIZE);
+    }
 }
 
 /// Readiness checks beyond the store: the broker and Redis, when configured.
@@ -210,6 +249,8 @@ fn probes(
 pub struct Running {
     /// The API's bound address, when the API runs.
     pub addr: Option<SocketAddr>,
+    /// The operations listener's bound address, when `IDEM_OPS_BIND` is set.
+    pub ops_addr: Option<SocketAddr>,
     pub store: Arc<dyn Store>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -245,35 +286,65 @@ pub async fn start(
     let tracker = TaskTracker::new();
     let registry = Arc::new(registry);
     let metrics = metrics_handle();
+    register_process_series(cfg, roles);
+
+    // Both listeners are bound before anything runs: a setting that cannot be served starts nothing.
+    let api_listener = match roles.api {
+        false => None,
+        true => Some(
+            tokio::net::TcpListener::bind(cfg.bind)
+                .await
+                .with_context(|| format!("IDEM_BIND: cannot listen on {}", cfg.bind))?,
+        ),
+    };
+    let ops_listener = match cfg.ops_bind {
+        None => None,
+        Some(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("IDEM_OPS_BIND: cannot listen on {at}"))?,
+        ),
+    };
+    let state = idem_api::AppState {
+        store: store.clone(),
+        registry: registry.clone(),
+        metrics: Some(metrics),
+        probes: probes(cfg, &broker, &locks),
+        max_body_bytes: cfg.max_body_bytes,
+        request_timeout: cfg.request_timeout,
+        cache: cache.clone(),
+    };
 
     let mut addr = None;
-    if roles.api {
-        let listener = tokio::net::TcpListener::bind(cfg.bind)
-            .await
-            .with_context(|| format!("IDEM_BIND: cannot listen on {}", cfg.bind))?;
-        addr = Some(listener.local_addr()?);
-        let app = idem_api::router(idem_api::AppState {
-            store: store.clone(),
-            registry: registry.clone(),
-            metrics: Some(metrics),
-            probes: probes(cfg, &broker, &locks),
-            max_body_bytes: cfg.max_body_bytes,
-            request_timeout: cfg.request_timeout,
-            cache: cache.clone(),
-        });
-        let stop = shutdown.clone();
-        tracker.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "API server failed");
-            }
-        });
-        tracing::info!(addr = %addr.unwrap(), "API listening");
+    if let Some(listener) = api_listener {
+        let bound = listener.local_addr()?;
+        addr = Some(bound);
+        serve(
+            &tracker,
+            &shutdown,
+            listener,
+            idem_api::router(state.clone()),
+            "API",
+        );
+        tracing::info!(addr = %bound, "API listening");
     }
+    let mut ops_addr = None;
+    if let Some(listener) = ops_listener {
+        let bound = listener.local_addr()?;
+        ops_addr = Some(bound);
+        serve(
+            &tracker,
+            &shutdown,
+            listener,
+            idem_api::ops_router(state.clone()),
+            "operations listener",
+        );
+        tracing::info!(addr = %bound, "operations listener (health, metrics) listening");
+    }
+    let watch = idem_api::DependencyWatch::new(store.clone(), state.probes.clone());
+    tracker.spawn(watch.run(shutdown.clone().cancelled_owned()));
     if roles.scheduler {
-        let s = Scheduler::new(store.clone(), cfg.poll);
+        let s = Scheduler::new(store.clone(), cfg.poll).with_job_labels(cfg.metrics_job_labels);
         tracker.spawn(s.run(shutdown.clone()));
     }
     if roles.scheduler || roles.worker {
@@ -311,8 +382,28 @@ pub async fn start(
     }
     Ok(Running {
         addr,
+        ops_addr,
         store,
         shutdown,
         tracker,
     })
+}
+
+/// Serves `app` on `listener` until `shutdown`, then lets open requests finish (graceful).
+fn serve(
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    what: &'static str,
+) {
+    let stop = shutdown.clone();
+    tracker.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "{what} failed");
+        }
+    });
 }

@@ -165,6 +165,16 @@ pub struct Settings {
     /// made by another process sharing the store).
     #[arg(long, global = true, env = "IDEM_POLL_SECONDS", default_value_t = 1.0)]
     pub poll_seconds: f64,
+    /// Operations listener of any role (`host:port`): `/health`, `/health/live`, `/health/ready`
+    /// and `/metrics`; unset or empty: none. It serves nothing else, so a non-loopback address
+    /// needs no API keys.
+    #[arg(long, global = true, env = "IDEM_OPS_BIND")]
+    pub ops_bind: Option<String>,
+    /// Also record the per-job series (`idem_job_fires_total{job,outcome}`,
+    /// `idem_job_lateness_seconds{job}`): one series per job, so off unless asked for.
+    #[arg(long, global = true, env = "IDEM_METRICS_JOB_LABELS", default_value_t = false,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_job_labels: bool,
 }
 
 /// A setting that cannot be used; the message names it.
@@ -210,6 +220,9 @@ pub struct Config {
     pub request_timeout: Duration,
     pub maintenance_every: Duration,
     pub poll: Duration,
+    /// Where the operations listener (health and metrics) listens, if anywhere.
+    pub ops_bind: Option<SocketAddr>,
+    pub metrics_job_labels: bool,
 }
 
 fn positive_secs(setting: &'static str, v: f64, max: f64) -> Result<Duration, ConfigError> {
@@ -296,6 +309,16 @@ impl Settings {
                 format!("{} is not a loopback address and no API keys are configured; pass --insecure-no-auth to serve it without authentication", self.bind),
             ));
         }
+        // Parsed here rather than by clap, so that empty means unset (as for the URLs).
+        let ops_bind = match self.ops_bind.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                bad(
+                    "IDEM_OPS_BIND",
+                    format!("expected host:port such as 0.0.0.0:9464, got {a:?}"),
+                )
+            })?),
+        };
         let queues = self
             .queues
             .iter()
@@ -351,6 +374,8 @@ impl Settings {
                 3600.0,
             )?,
             poll: positive_secs("IDEM_POLL_SECONDS", self.poll_seconds, 3600.0)?,
+            ops_bind,
+            metrics_job_labels: self.metrics_job_labels,
         })
     }
 }
@@ -375,6 +400,8 @@ mod tests {
         assert_eq!(c.worker_concurrency, 16);
         assert!(!c.http_allow_private);
         assert!(c.shell_allow.is_empty());
+        assert_eq!(c.ops_bind, None);
+        assert!(!c.metrics_job_labels);
     }
 
     #[test]
@@ -394,6 +421,30 @@ mod tests {
     #[test]
     fn non_loopback_binds_need_the_explicit_opt_out() {
         assert!(parse(&["--bind", "0.0.0.0:8000", "--insecure-no-auth"]).is_ok());
+    }
+
+    #[test]
+    fn the_ops_listener_may_bind_any_address_without_api_keys() {
+        let c = parse(&["--ops-bind", "0.0.0.0:9464"]).unwrap();
+        assert_eq!(c.ops_bind, Some("0.0.0.0:9464".parse().unwrap()));
+        let err = parse(&["--ops-bind", "nowhere"]).unwrap_err();
+        assert!(err.starts_with("IDEM_OPS_BIND"), "{err}");
+        assert_eq!(parse(&["--ops-bind", ""]).unwrap().ops_bind, None);
+    }
+
+    #[test]
+    fn job_labels_are_a_flag_with_an_optional_value() {
+        assert!(parse(&["--metrics-job-labels"]).unwrap().metrics_job_labels);
+        assert!(
+            parse(&["--metrics-job-labels", "true"])
+                .unwrap()
+                .metrics_job_labels
+        );
+        assert!(
+            !parse(&["--metrics-job-labels", "false"])
+                .unwrap()
+                .metrics_job_labels
+        );
     }
 
     #[test]

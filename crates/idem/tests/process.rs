@@ -171,3 +171,21 @@ fn bad_settings_exit_2_with_one_line() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+#[test]
+fn an_operations_listener_that_cannot_listen_exits_2_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let in_use = taken.local_addr().unwrap().to_string();
+    let url = db_url();
+    for ops_bind in ["nowhere", in_use.as_str()] {
+        let out = Command::new(env!("CARGO_BIN_EXE_idem"))
+            .args(["worker", "--database-url", &url, "--ops-bind", ops_bind])
+            .env("IDEM_LOG", "error")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{ops_bind}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{ops_bind}: {stderr}");
+        assert!(stderr.contains("IDEM_OPS_BIND"), "{ops_bind}: {stderr}");
+    }
+}

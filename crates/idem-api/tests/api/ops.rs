@@ -210,3 +210,22 @@ async fn a_request_the_store_does_not_answer_is_a_503_within_the_request_timeout
     let (status, _, _) = app.get("/api/v1/jobs").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[tokio::test]
+async fn the_dependency_watch_reports_each_dependency_with_the_readiness_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("deps.db").display());
+    let store = Arc::new(idem_sql::SqliteStore::open(&url).await.unwrap());
+    let watch = idem_api::DependencyWatch::new(
+        store,
+        vec![
+            Arc::new(FixedProbe("broker", Ok(()))),
+            Arc::new(FixedProbe("redis", Err("connection refused".into()))),
+        ],
+    );
+    let up = watch.run_once().await;
+    assert_eq!(
+        up.into_iter().collect::<Vec<_>>(),
+        vec![("broker", true), ("redis", false), ("store", true)]
+    );
+}

@@ -43,10 +43,11 @@ impl Worker {
             task_id: task.id,
             attempt: task.attempts,
         };
-        metrics::gauge!("idem_workers_busy").increment(1.0);
+        let series = self.series();
+        let task_series = series.task(&task.task);
+        series.busy.increment(1.0);
         let wait = (Utc::now() - task.scheduled_at).num_milliseconds().max(0) as f64 / 1e3;
-        metrics::histogram!("idem_task_queue_wait_seconds", "queue" => task.queue.to_string())
-            .record(wait);
+        series.queue_wait(&task.queue).record(wait);
 
         let timeout = secs_f64(task.timeout_seconds);
         let started = std::time::Instant::now();
@@ -100,9 +101,7 @@ impl Worker {
         // Whatever ended the attempt, nothing of the handler may run on.
         token.cancel();
         self.record_duration(started.elapsed());
-        let elapsed = started.elapsed().as_secs_f64();
-        metrics::histogram!("idem_task_duration_seconds", "task" => task.task.to_string())
-            .record(elapsed);
+        task_series.duration.record(started.elapsed().as_secs_f64());
 
         match ended {
             Ended::Stopped if hard_stop.is_cancelled() => {
@@ -119,7 +118,7 @@ impl Worker {
                 tracing::info!(task_id = %task.id, "attempt stopped: task cancelled or lease lost");
             }
             Ended::LeaseExpiring => {
-                metrics::counter!("idem_attempts_stopped_unrenewed_total").increment(1);
+                series.stopped_unrenewed.increment(1);
                 tracing::warn!(task_id = %task.id, attempt = task.attempts,
                     "attempt stopped: its lease could not be renewed before it may expire; nothing is reported, the lease reaper decides");
             }
@@ -130,27 +129,25 @@ impl Worker {
                     .await
                     .unwrap_or_else(|_| crate::time::trunc_ms(Utc::now()));
                 let finish = decide(r, task.attempts, task.max_retries, now);
-                let state_label = match &finish {
-                    Finish::Succeeded(_) => "succeeded",
-                    Finish::Retry { .. } => "retrying",
-                    Finish::Failed(_) => "failed",
+                // Counted once the store took the outcome: a refused one did not end the task.
+                let counter = match &finish {
+                    Finish::Succeeded(_) => &task_series.succeeded,
+                    Finish::Retry { .. } => &task_series.retries,
+                    Finish::Failed(_) => &task_series.failed,
                 };
-                self.record(lease, finish).await;
-                metrics::counter!("idem_tasks_total", "task" => task.task.to_string(), "state" => state_label)
-                    .increment(1);
-                if state_label == "retrying" {
-                    metrics::counter!("idem_task_retries_total", "task" => task.task.to_string())
-                        .increment(1);
+                if self.record(lease, finish).await {
+                    counter.increment(1);
                 }
             }
         }
         self.forget(task.id, task.attempts);
-        metrics::gauge!("idem_workers_busy").decrement(1.0);
+        series.busy.decrement(1.0);
     }
 
     /// Writes an outcome, retrying while the store is unavailable: a completion must not be lost to a
     /// blip. If the store stays away past the lease, the reaper hands the task to another attempt.
-    async fn record(&self, lease: Lease, finish: Finish) {
+    /// `true` when the store took it.
+    async fn record(&self, lease: Lease, finish: Finish) -> bool {
         let deadline = std::time::Instant::now() + self.cfg.lease;
         let mut delay = Duration::from_millis(50);
         loop {
@@ -158,11 +155,11 @@ impl Worker {
                 .completer
                 .get_or_init(|| Completer::start(self.store.clone(), self.cfg.lease));
             match completer.finish(lease, finish.clone()).await {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(StoreError::Fenced { .. }) => {
-                    metrics::counter!("idem_finish_fenced_total").increment(1);
+                    self.series().fenced.increment(1);
                     tracing::info!(task_id = %lease.task_id, attempt = lease.attempt, "result refused: attempt superseded");
-                    return;
+                    return false;
                 }
                 Err(e) if std::time::Instant::now() < deadline => {
                     tracing::warn!(task_id = %lease.task_id, error = %e, "could not record the outcome; retrying");
@@ -171,7 +168,7 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::error!(task_id = %lease.task_id, error = %e, "gave up recording the outcome; the lease will expire and the task run again");
-                    return;
+                    return false;
                 }
             }
         }

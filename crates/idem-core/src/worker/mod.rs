@@ -16,6 +16,7 @@
 
 mod attempt;
 mod lease;
+mod series;
 mod sources;
 
 pub use attempt::{decide, error_of};
@@ -112,6 +113,8 @@ pub struct Worker {
     /// Mean duration of recent attempts (an exponential moving average, in microseconds): decides
     /// whether prefetching is on.
     recent_us: std::sync::atomic::AtomicU64,
+    /// The metric handles, made on first use (after the process installed its recorder).
+    series: OnceLock<series::Series>,
 }
 
 impl Worker {
@@ -127,7 +130,13 @@ impl Worker {
             // Unknown counts as long: a fresh worker prefetches only once it has seen short tasks,
             // so its first claim never takes a batch to sit behind one long task.
             recent_us: std::sync::atomic::AtomicU64::new(2 * PREFETCH_BELOW.as_micros() as u64),
+            series: OnceLock::new(),
         }
+    }
+
+    fn series(&self) -> &series::Series {
+        self.series
+            .get_or_init(|| series::Series::new(&self.registry, &self.cfg.queues))
     }
 
     /// Takes work from a broker instead of the store's queue table.
@@ -161,6 +170,10 @@ impl Worker {
             tracker: TaskTracker::new(),
             slots: Arc::new(Semaphore::new(this.cfg.concurrency as usize)),
         };
+        // Added, not set: several workers may share a process (and its recorder).
+        this.series()
+            .slots
+            .increment(f64::from(this.cfg.concurrency));
         tracing::info!(worker = %this.cfg.id, queues = ?this.cfg.queues, concurrency = this.cfg.concurrency,
             broker = this.broker.is_some(), "worker started");
 
@@ -192,6 +205,9 @@ impl Worker {
         if let Err(e) = this.store.remove_worker(&this.cfg.id).await {
             tracing::debug!(error = %e, "could not remove the worker row");
         }
+        this.series()
+            .slots
+            .decrement(f64::from(this.cfg.concurrency));
         tracing::info!(worker = %this.cfg.id, "worker stopped");
     }
 

@@ -80,7 +80,7 @@ impl Worker {
                         }
                         failures = 0;
                         let got = claims.len();
-                        metrics::histogram!("idem_claim_batch_size").record(got as f64);
+                        self.series().claim_batch.record(got as f64);
                         buffer.extend(claims.into_iter().map(|c| self.hold(run, c, sent)));
                         self.start_buffered(run, &mut buffer);
                         drained = got < want;
@@ -277,7 +277,7 @@ impl Worker {
         };
         match bounded(self.cfg.lease, "the claim", claimed).await {
             Ok(claims) => {
-                metrics::histogram!("idem_claim_batch_size").record(claims.len() as f64);
+                self.series().claim_batch.record(claims.len() as f64);
                 let mut claims: std::collections::HashMap<_, _> =
                     claims.into_iter().map(|c| (c.task.id, c)).collect();
                 for (delivery, permit) in batch {
@@ -287,7 +287,7 @@ impl Worker {
                             self.spawn_attempt(run, held, permit, Some(delivery.acker));
                         }
                         None => {
-                            metrics::counter!("idem_deliveries_dropped_total").increment(1);
+                            self.series().dropped.increment(1);
                             let _ = delivery.acker.ack().await;
                         }
                     }

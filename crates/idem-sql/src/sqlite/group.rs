@@ -66,7 +66,7 @@ async fn run(writer: Writer, wakeups: Arc<Wakeups>, mut rx: mpsc::Receiver<Pendi
                 Err(_) => break,
             }
         }
-        metrics::histogram!("idem_submit_group_size").record(group.len() as f64);
+        metrics::histogram!(idem_core::metrics::SUBMIT_GROUP_SIZE).record(group.len() as f64);
         match write(&writer, &mut group).await {
             Ok(results) => {
                 for s in wake::after_submit(results.iter().filter_map(|r| r.as_ref().ok())) {
