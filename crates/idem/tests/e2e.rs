@@ -5,18 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, spawn_app, spawn_app_on};
+use common::{eventually, spawn_app, spawn_app_on, wait_result};
 use serde_json::{json, Value};
-
-async fn wait_result(app: &common::TestApp, id: &str) -> Value {
-    eventually("a final result", Duration::from_secs(30), || async {
-        let (status, body) = app
-            .get(&format!("/api/v1/tasks/{id}/result?wait_seconds=5"))
-            .await;
-        (status == 200).then_some(body)
-    })
-    .await
-}
 
 async fn task_state(app: &common::TestApp, id: &str) -> String {
     app.get(&format!("/api/v1/tasks/{id}")).await.1["state"]

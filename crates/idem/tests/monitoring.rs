@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{eventually, Proc, TestApp};
+use common::{eventually, wait_result, Proc, TestApp};
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
@@ -354,16 +354,6 @@ async fn submit(app: &TestApp, body: Value) -> (u16, Value) {
     app.post("/api/v1/tasks/submit", body).await
 }
 
-async fn wait_final(app: &TestApp, id: &str) -> Value {
-    eventually("a final result", Duration::from_secs(30), || async {
-        let (status, body) = app
-            .get(&format!("/api/v1/tasks/{id}/result?wait_seconds=5"))
-            .await;
-        (status == 200).then_some(body)
-    })
-    .await
-}
-
 async fn wait_outcome(app: &TestApp, job: &str, outcome: &str) {
     eventually(
         &format!("{job} to record {outcome}"),
@@ -450,15 +440,15 @@ async fn run_workload() -> Scrape {
     assert_eq!(app.get("/no/such/path").await.0, 404);
 
     assert_eq!(
-        wait_final(&app, ok["id"].as_str().unwrap()).await["state"],
+        wait_result(&app, ok["id"].as_str().unwrap()).await["state"],
         "succeeded"
     );
     assert_eq!(
-        wait_final(&app, failed["id"].as_str().unwrap()).await["state"],
+        wait_result(&app, failed["id"].as_str().unwrap()).await["state"],
         "failed"
     );
     assert_eq!(
-        wait_final(&app, retried["id"].as_str().unwrap()).await["state"],
+        wait_result(&app, retried["id"].as_str().unwrap()).await["state"],
         "succeeded"
     );
     wait_outcome(&app, "tick", "fired").await;

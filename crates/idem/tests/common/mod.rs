@@ -113,6 +113,17 @@ where
     }
 }
 
+/// The final result of task `id`, long-polling `GET /api/v1/tasks/{id}/result` for up to 30 s.
+pub async fn wait_result(app: &TestApp, id: &str) -> Value {
+    eventually("a final result", Duration::from_secs(30), || async {
+        let (status, body) = app
+            .get(&format!("/api/v1/tasks/{id}/result?wait_seconds=5"))
+            .await;
+        (status == 200).then_some(body)
+    })
+    .await
+}
+
 /// The real `idem` binary running as a child process.
 pub struct Proc {
     pub child: Child,
