@@ -355,6 +355,13 @@ impl Store for SqliteStore {
             self.fire(&wake::after_finish(out.as_ref().ok()));
             return Ok(vec![out]);
         }
+        if tasks::distinct_tasks(&items) {
+            let out = tasks::finish_many_script(&mut conn, &items, now).await?;
+            self.fire(&wake::after_finish(
+                out.iter().filter_map(|r| r.as_ref().ok()),
+            ));
+            return Ok(out);
+        }
         let mut tx = writer::begin(&mut conn).await?;
         let out = tasks::finish_many(&mut tx, items, now).await?;
         let signals = wake::after_finish(out.iter().filter_map(|r| r.as_ref().ok()));

@@ -61,6 +61,23 @@ macro_rules! finish_sql {
     };
 }
 
+/// A task row as one JSON object, every column under its name (`rows::TaskColumns`). Statements that
+/// answer with many tasks aggregate these into one row (`json_group_array`): sqlx sends each row
+/// from the connection's thread as a message of its own, a wake-up each, where one row is one.
+/// The REAL column goes as 17-digit text: JSON's own rendering keeps 15 digits, which loses bits
+/// that the row form keeps.
+macro_rules! task_json {
+    () => {
+        "json_object('id', id, 'task', task, 'args', args, 'state', state, 'queue', queue,
+             'priority', priority, 'attempts', attempts, 'max_retries', max_retries,
+             'timeout_seconds', printf('%!.17g', timeout_seconds), 'idempotency_key', idempotency_key,
+             'job_id', job_id, 'scheduled_at', scheduled_at, 'run_at', run_at,
+             'expires_at', expires_at, 'created_at', created_at, 'started_at', started_at,
+             'finished_at', finished_at, 'result', result, 'error_kind', error_kind,
+             'error_message', error_message)"
+    };
+}
+
 /// Submits one task inside the caller's transaction: a live key with the same fingerprint replays
 /// its task, with another fingerprint refuses the batch; a new or expired key makes a new task.
 pub(super) async fn submit_one(
@@ -360,6 +377,7 @@ async fn claim_from(
 
 /// The claim from one queue as one script: the promotion of due tasks, the claim and the commit
 /// in one round trip to the writer's thread (the whole transaction of [`claim`] for one queue).
+/// The candidates are noted in `temp.picked`, leased, and read back as one JSON row.
 pub(super) async fn claim_from_script(
     w: &mut WriterConn,
     req: &ClaimRequest,
@@ -368,14 +386,44 @@ pub(super) async fn claim_from_script(
     const SCRIPT: &str = concat!(
         "BEGIN IMMEDIATE;\n",
         promote_sql!(),
-        ";\n",
-        claim_from_sql!(),
-        ";\nCOMMIT"
+        ";
+         INSERT INTO temp.picked (rid)
+             SELECT rowid FROM tasks
+             WHERE state = 'queued' AND queue = ?4 AND (expires_at IS NULL OR expires_at > ?1)
+             ORDER BY priority DESC, run_at, id
+             LIMIT ?5;
+         UPDATE tasks SET state = 'running', attempts = attempts + 1, started_at = ?1,
+             lease_owner = ?2, lease_expires_at = ?3
+         WHERE rowid IN (SELECT rid FROM temp.picked);
+         SELECT json_group_array(",
+        task_json!(),
+        ") FROM tasks WHERE rowid IN (SELECT rid FROM temp.picked);
+         DELETE FROM temp.picked;
+         COMMIT"
     );
     let rows = w
         .transact(bind_claim_from(sqlx::query(SCRIPT), req, queue))
         .await?;
-    in_claim_order(&rows, req)
+    let mut keyed = rows::tasks_json(&one_text(&rows)?)?
+        .into_iter()
+        .map(|(task, run_at)| ((-i64::from(task.priority), run_at, task.id), task))
+        .collect::<Vec<_>>();
+    keyed.sort_by_key(|(k, _)| *k);
+    Ok(keyed
+        .into_iter()
+        .map(|(_, task)| Claim {
+            task,
+            lease_until: req.lease_until,
+        })
+        .collect())
+}
+
+/// The text of the first column of the first row (a script's JSON answer).
+fn one_text(rows: &[SqliteRow]) -> Result<String, StoreError> {
+    let row = rows
+        .first()
+        .ok_or_else(|| StoreError::Corrupt("a script returned no row".into()))?;
+    row.try_get(0).map_err(|e| rows::corrupt("JSON answer", e))
 }
 
 /// Claims from the rows their claim returned, in the index's order (RETURNING has none).
@@ -649,26 +697,8 @@ pub(super) async fn next_ready_at_any(
     Ok(at.map(idem_core::time::from_ms))
 }
 
-/// Records many attempts' outcomes with one fenced `UPDATE … FROM json_each`: one statement for the
-/// whole group instead of one per outcome. Each item is fenced on its own, exactly as [`finish`]
-/// would fence it alone; an item whose task appears twice in the group is written by [`finish`] in
-/// order, so the first of them wins as it would one after the other.
-pub(super) async fn finish_many(
-    tx: &mut SqliteConnection,
-    items: Vec<(Lease, Finish)>,
-    now: DateTime<Utc>,
-) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
-    let mut seen = std::collections::HashSet::with_capacity(items.len());
-    if items.len() < 2 || !items.iter().all(|(l, _)| seen.insert(l.task_id)) {
-        let mut out = Vec::with_capacity(items.len());
-        for (lease, f) in items {
-            out.push(match finish(tx, lease, f, now).await {
-                Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
-                r => r,
-            });
-        }
-        return Ok(out);
-    }
+/// The outcome group as JSON objects, one per item (what [`FINISH_MANY`] unpacks).
+fn outcome_rows(items: &[(Lease, Finish)], now: DateTime<Utc>) -> String {
     let rows: Vec<serde_json::Value> = items
         .iter()
         .map(|(lease, f)| {
@@ -685,41 +715,103 @@ pub(super) async fn finish_many(
             })
         })
         .collect();
-    let written = sqlx::query(
-        // The items are unpacked once, in a subquery (MATERIALIZED: otherwise the planner may
-        // scan the running tasks and re-read the whole JSON array for each, which measured
-        // quadratic in the group size); each then finds its task by primary key.
-        "WITH f AS MATERIALIZED (
-             SELECT value ->> 'id' AS id, value ->> 'attempt' AS attempt, value ->> 'state' AS state,
-                 value ->> 'result' AS result, value ->> 'error_kind' AS error_kind,
-                 value ->> 'error_message' AS error_message, value ->> 'run_at' AS run_at,
-                 value ->> 'finished_at' AS finished_at
-             FROM json_each(?1))
-         UPDATE tasks SET state = f.state, result = f.result, error_kind = f.error_kind,
-             error_message = f.error_message, run_at = COALESCE(f.run_at, tasks.run_at),
-             finished_at = f.finished_at, lease_owner = NULL, lease_expires_at = NULL,
-             dispatched_at = NULL
-         FROM f
-         WHERE tasks.id = f.id AND tasks.attempts = f.attempt AND tasks.state = 'running'
-         RETURNING *",
-    )
-    .bind(serde_json::Value::Array(rows).to_string())
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    let mut by_id = std::collections::HashMap::with_capacity(written.len());
-    for row in &written {
-        let task = rows::task(row)?;
-        by_id.insert(task.id, task);
-    }
-    let mut out = Vec::with_capacity(items.len());
-    for (lease, _) in items {
-        out.push(match by_id.remove(&lease.task_id) {
+    serde_json::Value::Array(rows).to_string()
+}
+
+/// The fenced update of an outcome group (`?1`, [`outcome_rows`]) as one script, commit included.
+/// The tasks whose running attempt is the item's are noted in `temp.picked` first, then updated
+/// under the same fence (nothing writes between the two: one transaction on the one writer), then
+/// read back as one JSON row; a second row lists which of the group's tasks exist, so a refusal
+/// says "fenced" or "not found" as a lone finish would.
+///
+/// The items are unpacked once, in a subquery (MATERIALIZED: otherwise the planner may scan the
+/// running tasks and re-read the whole JSON array for each, which measured quadratic in the group
+/// size); each then finds its task by primary key.
+const FINISH_MANY: &str = concat!(
+    "BEGIN IMMEDIATE;
+     WITH f AS MATERIALIZED (
+         SELECT value ->> 'id' AS id, value ->> 'attempt' AS attempt FROM json_each(?1))
+     INSERT INTO temp.picked (rid)
+         SELECT tasks.rowid FROM f CROSS JOIN tasks
+         WHERE tasks.id = f.id AND tasks.attempts = f.attempt AND tasks.state = 'running';
+     WITH f AS MATERIALIZED (
+         SELECT value ->> 'id' AS id, value ->> 'attempt' AS attempt, value ->> 'state' AS state,
+             value ->> 'result' AS result, value ->> 'error_kind' AS error_kind,
+             value ->> 'error_message' AS error_message, value ->> 'run_at' AS run_at,
+             value ->> 'finished_at' AS finished_at
+         FROM json_each(?1))
+     UPDATE tasks SET state = f.state, result = f.result, error_kind = f.error_kind,
+         error_message = f.error_message, run_at = COALESCE(f.run_at, tasks.run_at),
+         finished_at = f.finished_at, lease_owner = NULL, lease_expires_at = NULL,
+         dispatched_at = NULL
+     FROM f
+     WHERE tasks.id = f.id AND tasks.attempts = f.attempt AND tasks.state = 'running';
+     SELECT json_group_array(",
+    task_json!(),
+    ") FROM tasks WHERE rowid IN (SELECT rid FROM temp.picked);
+     SELECT json_group_array(id) FROM tasks
+     WHERE id IN (SELECT value ->> 'id' FROM json_each(?1))
+       AND rowid NOT IN (SELECT rid FROM temp.picked);
+     DELETE FROM temp.picked;
+     COMMIT"
+);
+
+/// Records many attempts' outcomes as one script ([`FINISH_MANY`]): a few statements and one
+/// commit for the whole group instead of one statement per outcome. Each item is fenced on its own,
+/// exactly as [`finish`] would fence it alone. A group that names a task twice goes through
+/// [`finish_many`] instead, in order.
+pub(super) async fn finish_many_script(
+    w: &mut WriterConn,
+    items: &[(Lease, Finish)],
+    now: DateTime<Utc>,
+) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+    let rows = w
+        .transact(sqlx::query(FINISH_MANY).bind(outcome_rows(items, now)))
+        .await?;
+    let text = |i: usize| -> Result<String, StoreError> {
+        rows.get(i)
+            .ok_or_else(|| StoreError::Corrupt("the outcome script returned too few rows".into()))?
+            .try_get(0)
+            .map_err(|e| rows::corrupt("JSON answer", e))
+    };
+    let mut by_id: std::collections::HashMap<TaskId, Task> = rows::tasks_json(&text(0)?)?
+        .into_iter()
+        .map(|(task, _)| (task.id, task))
+        .collect();
+    let refused_existing: Vec<String> =
+        serde_json::from_str(&text(1)?).map_err(|e| rows::corrupt("refused ids", e))?;
+    let refused_existing: std::collections::HashSet<String> =
+        refused_existing.into_iter().collect();
+    Ok(items
+        .iter()
+        .map(|(lease, _)| match by_id.remove(&lease.task_id) {
             Some(task) => Ok(task),
             None => Err(refused(
-                lease,
-                get(&mut *tx, lease.task_id).await?.is_some(),
+                *lease,
+                refused_existing.contains(&lease.task_id.to_string()),
             )),
+        })
+        .collect())
+}
+
+/// Whether every item of the group names a different task (then [`finish_many_script`] applies).
+pub(super) fn distinct_tasks(items: &[(Lease, Finish)]) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    items.iter().all(|(l, _)| seen.insert(l.task_id))
+}
+
+/// Records outcomes one after the other inside the caller's transaction (a group that names a task
+/// twice: the first of them wins, as it would one after the other).
+pub(super) async fn finish_many(
+    tx: &mut SqliteConnection,
+    items: Vec<(Lease, Finish)>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Result<Task, StoreError>>, StoreError> {
+    let mut out = Vec::with_capacity(items.len());
+    for (lease, f) in items {
+        out.push(match finish(tx, lease, f, now).await {
+            Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e)),
+            r => r,
         });
     }
     Ok(out)
@@ -756,25 +848,29 @@ pub(super) async fn insert_many(
             })
         })
         .collect();
-    let inserted = sqlx::query(
+    // The inserted tasks come back as one JSON row (a row each would be a message each).
+    const INSERT_MANY: &str = concat!(
         "INSERT INTO tasks (id, task, args, state, queue, priority, attempts, max_retries,
              timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at)
          SELECT v ->> 'id', v ->> 'task', v ->> 'args', v ->> 'state', v ->> 'queue',
              v ->> 'priority', 0, v ->> 'max_retries', v ->> 'timeout_seconds', NULL,
              v ->> 'job_id', v ->> 'run_at', v ->> 'run_at', v ->> 'expires_at', ?2
-         FROM (SELECT value AS v FROM json_each(?1))
-         RETURNING *",
-    )
-    .bind(serde_json::Value::Array(rows).to_string())
-    .bind(ms(now))
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(db_err)?;
-    let mut by_id = std::collections::HashMap::with_capacity(inserted.len());
-    for row in &inserted {
-        let task = rows::task(row)?;
-        by_id.insert(task.id, task);
-    }
+         FROM (SELECT value AS v FROM json_each(?1));
+         SELECT json_group_array(",
+        task_json!(),
+        ") FROM tasks WHERE id IN (SELECT value ->> 'id' FROM json_each(?1))"
+    );
+    let inserted = sqlx::query(INSERT_MANY)
+        .bind(serde_json::Value::Array(rows).to_string())
+        .bind(ms(now))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    let mut by_id: std::collections::HashMap<TaskId, Task> =
+        rows::tasks_json(&one_text(&inserted)?)?
+            .into_iter()
+            .map(|(task, _)| (task.id, task))
+            .collect();
     batch
         .iter()
         .map(|t| {

@@ -46,7 +46,17 @@ pub(super) struct WriterConn {
 
 impl Writer {
     pub(super) async fn connect(opts: &SqliteConnectOptions) -> Result<Self, StoreError> {
-        let conn = SqliteConnection::connect_with(opts).await.map_err(db_err)?;
+        let mut conn = SqliteConnection::connect_with(opts).await.map_err(db_err)?;
+        // The rows a script picked, for its later statements (a claim's candidates, the tasks an
+        // outcome group may finish); emptied before each script commits. In memory: nothing in it
+        // outlives its transaction, so nothing of it needs a disk.
+        sqlx::query(
+            "PRAGMA temp_store = MEMORY;
+             CREATE TEMP TABLE IF NOT EXISTS picked (rid INTEGER PRIMARY KEY)",
+        )
+        .execute(&mut conn)
+        .await
+        .map_err(db_err)?;
         Ok(Self(Arc::new(Mutex::new(WriterConn { conn, open: false }))))
     }
 
