@@ -126,7 +126,7 @@ impl Consumer for AmqpConsumer {
                 }
                 None => return Err(self.fail("all consumers ended".to_owned())),
             };
-            match message::decode(&delivery.data) {
+            match message::decode(&delivery.data, &delivery.properties) {
                 Ok(hint) => {
                     return Ok(Delivery {
                         hint,

@@ -1,11 +1,14 @@
 //! The wire form of a hint: a small JSON body `{"task_id": "...", "queue": "...", "priority": N}`
-//! sent with `content_type: application/json`, persistent delivery and the AMQP priority.
+//! sent with `content_type: application/json`, persistent delivery and the AMQP priority. A task with
+//! trace context also carries its W3C `traceparent` as a message header of that name, so the
+//! worker's attempt span joins the trace that submitted the task.
 //!
 //! Invariant: `decode(encode(h)) == h` for every hint, and `decode` never panics — a body that is not
 //! an idem hint is a `BrokerError::Malformed`, which the consumer acknowledges and drops.
 
 use idem_core::broker::{BrokerError, Hint};
 use idem_core::ids::{QueueName, TaskId};
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 
@@ -37,14 +40,26 @@ pub(crate) fn encode(hint: &Hint) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
-/// The hint in `data`, or `Malformed` when it is not one.
-pub(crate) fn decode(data: &[u8]) -> Result<Hint, BrokerError> {
+/// The message header that carries the task's trace context.
+pub(crate) const TRACEPARENT: &str = "traceparent";
+
+/// The hint in `data` (with the trace context of `props`), or `Malformed` when it is not one.
+pub(crate) fn decode(data: &[u8], props: &BasicProperties) -> Result<Hint, BrokerError> {
     let body: Body =
         serde_json::from_slice(data).map_err(|e| BrokerError::Malformed(e.to_string()))?;
+    let traceparent = props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(TRACEPARENT))
+        .and_then(|v| match v {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            _ => None,
+        });
     Ok(Hint {
         task_id: body.task_id,
         queue: body.queue,
         priority: body.priority,
+        traceparent,
     })
 }
 
@@ -56,11 +71,22 @@ pub(crate) fn amqp_priority(priority: i16) -> u8 {
 
 /// The properties every hint is published with.
 pub(crate) fn properties(hint: &Hint) -> BasicProperties {
-    BasicProperties::default()
+    let props = BasicProperties::default()
         .with_content_type(CONTENT_TYPE.into())
         .with_delivery_mode(PERSISTENT)
         .with_priority(amqp_priority(hint.priority))
-        .with_message_id(hint.task_id.to_string().into())
+        .with_message_id(hint.task_id.to_string().into());
+    match &hint.traceparent {
+        Some(tp) => {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                TRACEPARENT.into(),
+                AMQPValue::LongString(LongString::from(tp.as_str())),
+            );
+            props.with_headers(headers)
+        }
+        None => props,
+    }
 }
 
 #[cfg(test)]
@@ -72,14 +98,25 @@ mod tests {
             task_id: TaskId::generate(),
             queue: QueueName::try_from("reports").unwrap(),
             priority,
+            traceparent: None,
         }
+    }
+
+    #[test]
+    fn the_trace_context_travels_in_a_header() {
+        let mut h = hint(1);
+        h.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        let props = properties(&h);
+        assert_eq!(decode(&encode(&h), &props).unwrap(), h);
+        let plain = hint(1);
+        assert_eq!(decode(&encode(&plain), &properties(&plain)).unwrap(), plain);
     }
 
     #[test]
     fn hints_round_trip_through_the_json_body() {
         for p in [0, 5, 9] {
             let h = hint(p);
-            assert_eq!(decode(&encode(&h)).unwrap(), h);
+            assert_eq!(decode(&encode(&h), &properties(&h)).unwrap(), h);
         }
     }
 
@@ -105,7 +142,10 @@ mod tests {
             vec![0xff, 0xfe, 0x00],
         ] {
             assert!(
-                matches!(decode(&bad), Err(BrokerError::Malformed(_))),
+                matches!(
+                    decode(&bad, &BasicProperties::default()),
+                    Err(BrokerError::Malformed(_))
+                ),
                 "{}",
                 String::from_utf8_lossy(&bad)
             );

@@ -82,6 +82,7 @@ fn hint(q: &QueueName, priority: i16) -> Hint {
         task_id: TaskId::generate(),
         queue: q.clone(),
         priority,
+        traceparent: None,
     }
 }
 

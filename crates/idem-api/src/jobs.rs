@@ -504,6 +504,7 @@ pub async fn run(
         timeout_seconds: s.timeout_seconds,
         run_at: now,
         expires_at: None,
+        traceparent: idem_core::trace::current_traceparent(),
         job_id: Some(s.id.clone()),
         idempotency: Some(Idempotency {
             fingerprint: key.to_string(),

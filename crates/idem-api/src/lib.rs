@@ -132,8 +132,42 @@ pub fn router(state: AppState) -> Router {
         // The limit is enforced (and mapped to a 413 problem) by the JSON extractor.
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(extract::BodyLimit(limit)))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(record_status),
+        )
         .with_state(state)
+}
+
+/// The `http.request` span of one request: its method and route template (never the raw path,
+/// which holds ids), continuing the caller's trace when the request carries a `traceparent`.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str());
+    let span = tracing::info_span!("http.request", method = %req.method(), route,
+        status = tracing::field::Empty, otel.kind = "server");
+    let parent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    idem_core::trace::set_parent(&span, parent);
+    span
+}
+
+fn record_status(
+    res: &axum::http::Response<axum::body::Body>,
+    latency: Duration,
+    span: &tracing::Span,
+) {
+    span.record("status", res.status().as_u16());
+    tracing::debug!(
+        status = res.status().as_u16(),
+        latency_ms = (latency.as_secs_f64() * 1e6).round() / 1e3,
+        "request finished"
+    );
 }
 
 /// The operations listener (`IDEM_OPS_BIND`): `/health`, `/health/live`, `/health/ready` and

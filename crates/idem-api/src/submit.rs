@@ -17,6 +17,7 @@ use idem_core::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tracing::Instrument;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, FieldError, Problem};
@@ -163,6 +164,7 @@ fn build(
         expires_at,
         job_id: None,
         idempotency,
+        traceparent: None,
     })
 }
 
@@ -220,8 +222,19 @@ pub async fn submit(
     let mut c = Checker::new("");
     let task = build(req, header_key, &st.registry, now, &mut c);
     c.finish()?;
-    let task = task.ok_or_else(|| ApiError::internal("a valid submission built no task"))?;
+    let mut task = task.ok_or_else(|| ApiError::internal("a valid submission built no task"))?;
+    let span = tracing::info_span!("task.submit", task = %task.task, queue = %task.queue,
+        task_id = tracing::field::Empty, replayed = tracing::field::Empty);
+    task.traceparent = idem_core::trace::traceparent_of(&span);
+    submit_in(st, task, now).instrument(span).await
+}
+
+/// The single-task submission inside its `task.submit` span.
+async fn submit_in(st: AppState, task: NewTask, now: DateTime<Utc>) -> Result<Response, ApiError> {
+    let span = tracing::Span::current();
     if let Some(replay) = cached_replay(&st, &task).await {
+        span.record("task_id", tracing::field::display(replay.id));
+        span.record("replayed", true);
         crate::metrics::count_submissions([(&replay.task, true)]);
         return Ok(([(IDEMPOTENT_REPLAYED, "true")], Json(replay)).into_response());
     }
@@ -231,6 +244,9 @@ pub async fn submit(
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::internal("submit returned no task"))?;
+    span.record("task_id", tracing::field::display(first.task.id));
+    span.record("replayed", first.replayed);
+    tracing::debug!("task submitted");
     if let (Some(cache), Some(idem), false) = (&st.cache, idempotency, first.replayed) {
         // A little shorter than the store's record, so the cache never outlives the key.
         let ttl = idem_core::time::secs_f64(idem.ttl_seconds - 1.0);
@@ -282,7 +298,15 @@ pub async fn submit_batch(
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
-    let submitted = store_all(&st, tasks, now, |i| format!("items[{i}].idempotency_key")).await?;
+    // One span for the batch: each task's trace continues from it.
+    let span = tracing::info_span!("task.submit", count = tasks.len());
+    let traceparent = idem_core::trace::traceparent_of(&span);
+    for t in &mut tasks {
+        t.traceparent.clone_from(&traceparent);
+    }
+    let submitted = store_all(&st, tasks, now, |i| format!("items[{i}].idempotency_key"))
+        .instrument(span)
+        .await?;
     let items = submitted.into_iter().map(|s| s.task).collect();
     Ok((StatusCode::ACCEPTED, Json(TaskList { items })))
 }

@@ -17,6 +17,8 @@ pub struct Hint {
     pub queue: QueueName,
     /// 0..=9, higher first (where the broker supports priorities).
     pub priority: i16,
+    /// The W3C `traceparent` the worker's attempt span continues (see [`crate::trace`]).
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -68,6 +68,17 @@ impl Dispatcher {
         if hints.is_empty() {
             return Ok(0);
         }
+        // A traced task gets a `task.publish` span in its trace, and its message carries that
+        // span's context (the worker's attempt follows it); an untraced task costs nothing here.
+        let mut hints = hints;
+        for h in hints.iter_mut().filter(|h| h.traceparent.is_some()) {
+            let span = tracing::info_span!("task.publish", task_id = %h.task_id, queue = %h.queue,
+                otel.kind = "producer");
+            crate::trace::set_parent(&span, h.traceparent.as_deref());
+            if let Some(tp) = crate::trace::traceparent_of(&span) {
+                h.traceparent = Some(tp);
+            }
+        }
         let ids: Vec<TaskId> = hints.iter().map(|h| h.task_id).collect();
         if let Err(e) = self.broker.publish(&hints).await {
             // Eligible again after a short backoff: not at once (that would spin while the broker

@@ -116,6 +116,7 @@ impl Job {
                 key,
                 ttl_seconds: s.idempotency_ttl_seconds,
             }),
+            traceparent: crate::trace::current_traceparent(),
         }
     }
 }

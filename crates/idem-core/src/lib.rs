@@ -18,6 +18,7 @@ pub mod scheduler;
 pub mod store;
 pub mod task;
 pub mod time;
+pub mod trace;
 pub mod trigger;
 pub mod wakeups;
 pub mod worker;

@@ -7,6 +7,7 @@
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tracing::Instrument;
 
 use chrono::{DateTime, Utc};
 use metrics::{Counter, Histogram};
@@ -93,7 +94,14 @@ impl Scheduler {
     async fn lane(&self, now: DateTime<Utc>) -> Result<Vec<FireRecord>, StoreError> {
         let mut all = Vec::new();
         loop {
-            let pass = self.store.fire_due(now, FIRE_BATCH).await?;
+            // The tasks a batch fires continue its span's trace (`Job::fire_task`).
+            let span = tracing::info_span!("scheduler.fire", fired = tracing::field::Empty);
+            let pass = self
+                .store
+                .fire_due(now, FIRE_BATCH)
+                .instrument(span.clone())
+                .await?;
+            span.record("fired", pass.fires.len());
             for q in &pass.quarantined {
                 tracing::error!(job_id = %q.job_id, reason = %q.reason,
                     "job quarantined: it cannot be read or planned; the other jobs fire as usual");

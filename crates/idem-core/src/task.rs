@@ -130,6 +130,11 @@ pub struct Task {
     pub finished_at: Option<DateTime<Utc>>,
     pub result: Option<Value>,
     pub error: Option<ErrorInfo>,
+    /// The W3C `traceparent` of the span that submitted or fired the task, when traces are
+    /// recorded; the attempt's span joins that trace. Not part of the API's task resource.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub traceparent: Option<String>,
 }
 
 /// A task to insert. The caller fills in every field; the store adds nothing but its bookkeeping.
@@ -147,6 +152,8 @@ pub struct NewTask {
     pub expires_at: Option<DateTime<Utc>>,
     pub job_id: Option<JobId>,
     pub idempotency: Option<Idempotency>,
+    /// The W3C `traceparent` to store with the task ([`crate::trace::current_traceparent`]).
+    pub traceparent: Option<String>,
 }
 
 /// The idempotency record that goes with a submission.

@@ -162,6 +162,7 @@ async fn store_with_one_message(broker: &MemoryBroker) -> (Arc<dyn Store>, idem_
             task_id: id,
             queue: QueueName::default_queue(),
             priority: 0,
+            traceparent: None,
         }])
         .await
         .unwrap();

@@ -31,6 +31,7 @@ pub fn task(run_at: DateTime<Utc>) -> NewTask {
         expires_at: None,
         job_id: None,
         idempotency: None,
+        traceparent: None,
     }
 }
 

@@ -114,6 +114,10 @@ pub struct Settings {
     /// `text` or `json`.
     #[arg(long, global = true, env = "IDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// OTLP/HTTP collector to export spans to (`http://collector:4318`; `/v1/traces` is added when
+    /// the URL has no path). Unset: no traces are exported.
+    #[arg(long, global = true, env = "IDEM_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Do not apply migrations at start.
     #[arg(long, global = true, env = "IDEM_NO_MIGRATE", default_value_t = false)]
     pub no_migrate: bool,

@@ -5,23 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use idem::app::{self, Roles};
-use idem::config::{Cli, Command, Config, LogFormat, Settings};
-use tracing_subscriber::EnvFilter;
-
-fn init_logging(s: &Settings) -> Result<(), String> {
-    let filter = EnvFilter::try_new(&s.log).map_err(|e| format!("IDEM_LOG: {e}"))?;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match s.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
-}
+use idem::config::{Cli, Command, Config};
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -65,10 +49,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = init_logging(&cli.settings) {
-        eprintln!("idem: {e}");
-        return ExitCode::from(2);
-    }
     let cfg = match cli.settings.resolve() {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -83,7 +63,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(run(cli.command, cfg)) {
+    let role = format!("{:?}", cli.command).to_lowercase();
+    // Inside the runtime: the span exporter sends on it.
+    let guard = {
+        let _rt = rt.enter();
+        match idem::telemetry::init(&cli.settings, &role) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("idem: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let outcome = rt.block_on(run(cli.command, cfg));
+    // Flushes the last spans while the runtime still runs.
+    drop(guard);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the context names the setting, the cause says why.

@@ -7,6 +7,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
+use tracing::Instrument;
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
@@ -33,6 +34,17 @@ impl Worker {
     /// Runs one claimed attempt to its end and records the outcome. `sent` is when the claim request
     /// was sent: the lease deadline counts from it.
     pub(super) async fn execute(&self, held: Held, hard_stop: CancellationToken) {
+        let t = &held.claim.task;
+        // Every log line of the attempt carries these fields (the JSON log format flattens them).
+        let span = tracing::info_span!("task.attempt", task_id = %t.id,
+            job_id = t.job_id.as_ref().map(|j| j.as_str()), attempt = t.attempts,
+            queue = %t.queue, task = %t.task, outcome = tracing::field::Empty,
+            otel.kind = "consumer");
+        crate::trace::set_parent(&span, t.traceparent.as_deref());
+        self.execute_in(held, hard_stop).instrument(span).await
+    }
+
+    async fn execute_in(&self, held: Held, hard_stop: CancellationToken) {
         let Held {
             claim,
             cancel: token,
@@ -129,6 +141,13 @@ impl Worker {
                     .await
                     .unwrap_or_else(|_| crate::time::trunc_ms(Utc::now()));
                 let finish = decide(r, task.attempts, task.max_retries, now);
+                let outcome = match &finish {
+                    Finish::Succeeded(_) => "succeeded",
+                    Finish::Retry { .. } => "retry",
+                    Finish::Failed(_) => "failed",
+                };
+                tracing::Span::current().record("outcome", outcome);
+                tracing::debug!(outcome, "attempt finished");
                 // Counted once the store took the outcome: a refused one did not end the task.
                 let counter = match &finish {
                     Finish::Succeeded(_) => &task_series.succeeded,

@@ -282,7 +282,15 @@ impl Worker {
                     claims.into_iter().map(|c| (c.task.id, c)).collect();
                 for (delivery, permit) in batch {
                     match claims.remove(&delivery.hint.task_id) {
-                        Some(claim) => {
+                        Some(mut claim) => {
+                            // The message's trace context (its publish span) wins over the
+                            // stored one (the submit span): the trace then shows the publish.
+                            if delivery.hint.traceparent.is_some() {
+                                claim
+                                    .task
+                                    .traceparent
+                                    .clone_from(&delivery.hint.traceparent);
+                            }
                             let held = self.hold(run, claim, sent);
                             self.spawn_attempt(run, held, permit, Some(delivery.acker));
                         }

@@ -13,6 +13,9 @@ use sqlx::{PgConnection, PgPool};
 use super::{rows, tasks};
 use crate::db_err;
 
+/// A taken task: id, queue, priority, run_at, traceparent.
+type TakenRow = (String, String, i16, DateTime<Utc>, Option<String>);
+
 /// The outbox step: marks up to `limit` queued tasks that need a broker message — never published,
 /// or published before `redeliver_before` and still unclaimed — as published at `now`, after
 /// promoting the due tasks of every queue. Rows another dispatcher holds are skipped, so
@@ -25,7 +28,7 @@ pub(super) async fn take_for_dispatch(
     mark: DateTime<Utc>,
 ) -> Result<Vec<Hint>, StoreError> {
     tasks::promote(tx, None, now).await?;
-    let rows: Vec<(String, String, i16, DateTime<Utc>)> = sqlx::query_as(
+    let rows: Vec<TakenRow> = sqlx::query_as(
         "UPDATE tasks SET dispatched_at = $1
          WHERE id IN (
              SELECT id FROM tasks
@@ -34,7 +37,7 @@ pub(super) async fn take_for_dispatch(
              -- the broker orders deliveries by priority, and each batch is sorted below.
              LIMIT $3
              FOR UPDATE SKIP LOCKED)
-         RETURNING id, queue, priority, run_at",
+         RETURNING id, queue, priority, run_at, traceparent",
     )
     .bind(mark)
     .bind(redeliver_before)
@@ -46,11 +49,12 @@ pub(super) async fn take_for_dispatch(
     // RETURNING has no order; publish in claim order.
     rows.sort_by(|a, b| b.2.cmp(&a.2).then(a.3.cmp(&b.3)).then(a.0.cmp(&b.0)));
     rows.into_iter()
-        .map(|(id, queue, priority, _)| {
+        .map(|(id, queue, priority, _, traceparent)| {
             Ok(Hint {
                 task_id: id.parse().map_err(|e| rows::corrupt("id", e))?,
                 queue: queue.try_into().map_err(|e| rows::corrupt("queue", e))?,
                 priority,
+                traceparent,
             })
         })
         .collect()

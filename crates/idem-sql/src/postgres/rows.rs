@@ -125,6 +125,7 @@ pub(super) fn task(row: &PgRow) -> Result<Task, StoreError> {
         finished_at: opt_time(row, "finished_at")?,
         result: get(row, "result")?,
         error,
+        traceparent: get(row, "traceparent")?,
     })
 }
 

@@ -277,8 +277,9 @@ async fn insert(
 ) -> Result<Task, StoreError> {
     let row = sqlx::query(
         "INSERT INTO tasks (id, task, args, state, queue, priority, attempts, max_retries,
-             timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $10, $11, $11, $12, $13)
+             timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at,
+             traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $10, $11, $11, $12, $13, $14)
          RETURNING *",
     )
     .bind(t.id.to_string())
@@ -294,6 +295,7 @@ async fn insert(
     .bind(t.run_at)
     .bind(t.expires_at)
     .bind(now)
+    .bind(t.traceparent.as_deref())
     .fetch_one(&mut *tx)
     .await
     .map_err(db_err)?;
@@ -310,14 +312,15 @@ async fn insert_many(
 ) -> Result<HashMap<TaskId, Task>, StoreError> {
     let rows = sqlx::query(
         "INSERT INTO tasks (id, task, args, state, queue, priority, attempts, max_retries,
-             timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at)
+             timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at,
+             traceparent)
          SELECT id, task, args, state, queue, priority, 0, max_retries, timeout_seconds,
-             idempotency_key, job_id, run_at, run_at, expires_at, $11
+             idempotency_key, job_id, run_at, run_at, expires_at, $11, traceparent
          FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::smallint[],
                  $7::int[], $8::float8[], $9::text[], $10::timestamptz[], $12::timestamptz[],
-                 $13::text[])
+                 $13::text[], $14::text[])
              AS t(id, task, args, state, queue, priority, max_retries, timeout_seconds, job_id,
-                 run_at, expires_at, idempotency_key)
+                 run_at, expires_at, idempotency_key, traceparent)
          RETURNING *",
     )
     .bind(run.iter().map(|t| t.id.to_string()).collect::<Vec<_>>())
@@ -343,6 +346,11 @@ async fn insert_many(
     .bind(
         run.iter()
             .map(|t| t.idempotency.as_ref().map(|i| i.key.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        run.iter()
+            .map(|t| t.traceparent.as_deref())
             .collect::<Vec<_>>(),
     )
     .fetch_all(&mut *tx)

@@ -66,6 +66,8 @@ pub(crate) struct TaskColumns {
     result: Option<String>,
     error_kind: Option<String>,
     error_message: Option<String>,
+    #[serde(default)]
+    traceparent: Option<String>,
 }
 
 impl TaskColumns {
@@ -91,6 +93,7 @@ impl TaskColumns {
             result: get(row, "result")?,
             error_kind: get(row, "error_kind")?,
             error_message: get(row, "error_message")?,
+            traceparent: get(row, "traceparent")?,
         })
     }
 
@@ -133,6 +136,7 @@ impl TaskColumns {
             started_at: self.started_at.map(from_ms),
             finished_at: self.finished_at.map(from_ms),
             result,
+            traceparent: self.traceparent,
             error,
         })
     }

@@ -208,16 +208,18 @@ async fn insert_tasks(
                 "run_at": ms(t.run_at),
                 "expires_at": t.expires_at.map(ms),
                 "created_at": ms(*now),
+                "traceparent": t.traceparent.as_deref(),
             })
         })
         .collect();
     let inserted = sqlx::query(
         "INSERT INTO tasks (id, task, args, state, queue, priority, attempts, max_retries,
-             timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at)
+             timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at,
+             traceparent)
          SELECT v ->> 'id', v ->> 'task', v ->> 'args', v ->> 'state', v ->> 'queue',
              v ->> 'priority', 0, v ->> 'max_retries', v ->> 'timeout_seconds',
              v ->> 'idempotency_key', v ->> 'job_id', v ->> 'run_at', v ->> 'run_at',
-             v ->> 'expires_at', v ->> 'created_at'
+             v ->> 'expires_at', v ->> 'created_at', v ->> 'traceparent'
          FROM (SELECT value AS v FROM json_each(?1))
          RETURNING *",
     )

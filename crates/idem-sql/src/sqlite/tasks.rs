@@ -39,12 +39,13 @@ macro_rules! promote_sql {
     };
 }
 
-/// Inserts one task (`?1`..`?13` as bound by `bind_insert`), returning it.
+/// Inserts one task (`?1`..`?14` as bound by `bind_insert`), returning it.
 macro_rules! insert_sql {
     () => {
         "INSERT INTO tasks (id, task, args, state, queue, priority, attempts, max_retries,
-             timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13)
+             timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at,
+             traceparent)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14)
          RETURNING *"
     };
 }
@@ -74,7 +75,7 @@ macro_rules! task_json {
              'job_id', job_id, 'scheduled_at', scheduled_at, 'run_at', run_at,
              'expires_at', expires_at, 'created_at', created_at, 'started_at', started_at,
              'finished_at', finished_at, 'result', result, 'error_kind', error_kind,
-             'error_message', error_message)"
+             'error_message', error_message, 'traceparent', traceparent)"
     };
 }
 
@@ -174,6 +175,7 @@ fn bind_insert<'q>(q: Script<'q>, t: &'q NewTask, now: DateTime<Utc>) -> Script<
         .bind(ms(t.run_at))
         .bind(t.expires_at.map(ms))
         .bind(ms(now))
+        .bind(t.traceparent.as_deref())
 }
 
 /// A keyless task as one script: the insert and the commit in one round trip to the writer's
@@ -637,14 +639,14 @@ pub(super) async fn take_for_dispatch(
     mark: DateTime<Utc>,
 ) -> Result<Vec<Hint>, StoreError> {
     promote(tx, now).await?;
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+    let rows: Vec<(String, String, i64, Option<String>)> = sqlx::query_as(
         "UPDATE tasks SET dispatched_at = ?1
          WHERE id IN (
              SELECT id FROM tasks
              WHERE state = 'queued' AND (dispatched_at IS NULL OR dispatched_at < ?2)
              ORDER BY priority DESC, run_at, id
              LIMIT ?3)
-         RETURNING id, queue, priority",
+         RETURNING id, queue, priority, traceparent",
     )
     .bind(ms(mark))
     .bind(ms(redeliver_before))
@@ -653,11 +655,12 @@ pub(super) async fn take_for_dispatch(
     .await
     .map_err(db_err)?;
     rows.into_iter()
-        .map(|(id, queue, priority)| {
+        .map(|(id, queue, priority, traceparent)| {
             Ok(Hint {
                 task_id: id.parse().map_err(|e| rows::corrupt("id", e))?,
                 queue: queue.try_into().map_err(|e| rows::corrupt("queue", e))?,
                 priority: priority as i16,
+                traceparent,
             })
         })
         .collect()
@@ -845,16 +848,19 @@ pub(super) async fn insert_many(
                 "job_id": t.job_id.as_ref().map(|j| j.as_str()),
                 "run_at": ms(t.run_at),
                 "expires_at": t.expires_at.map(ms),
+                "traceparent": t.traceparent.as_deref(),
             })
         })
         .collect();
     // The inserted tasks come back as one JSON row (a row each would be a message each).
     const INSERT_MANY: &str = concat!(
         "INSERT INTO tasks (id, task, args, state, queue, priority, attempts, max_retries,
-             timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at)
+             timeout_seconds, idempotency_key, job_id, scheduled_at, run_at, expires_at, created_at,
+             traceparent)
          SELECT v ->> 'id', v ->> 'task', v ->> 'args', v ->> 'state', v ->> 'queue',
              v ->> 'priority', 0, v ->> 'max_retries', v ->> 'timeout_seconds', NULL,
-             v ->> 'job_id', v ->> 'run_at', v ->> 'run_at', v ->> 'expires_at', ?2
+             v ->> 'job_id', v ->> 'run_at', v ->> 'run_at', v ->> 'expires_at', ?2,
+             v ->> 'traceparent'
          FROM (SELECT value AS v FROM json_each(?1));
          SELECT json_group_array(",
         task_json!(),

@@ -271,10 +271,15 @@ impl Proc {
             let mut up = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if !up {
-                    if let Some(i) = line.find("addr=") {
-                        let addr: String = line[i + 5..]
+                    // `addr=1.2.3.4:5` in text logs, `"addr":"1.2.3.4:5"` in JSON logs.
+                    let at = line
+                        .find("addr=")
+                        .map(|i| i + 5)
+                        .or_else(|| line.find("\"addr\":\"").map(|i| i + 8));
+                    if let Some(i) = at {
+                        let addr: String = line[i..]
                             .chars()
-                            .take_while(|c| !c.is_whitespace())
+                            .take_while(|c| !c.is_whitespace() && *c != '"')
                             .collect();
                         if let Ok(a) = addr.parse::<SocketAddr>() {
                             let _ = tx.send(Some(a));
